@@ -1,0 +1,7 @@
+//! Likeness' networks in Burn, named as diffusers/transformers name them.
+
+pub mod error;
+pub mod nn;
+pub mod weights;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,174 @@
+//! Layers with PyTorch's weight layout and names (`weight` [out, in], `bias`), so that a
+//! diffusers/transformers key reads as a field path.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::ConvOptions;
+
+use crate::error::Result;
+use crate::weights::{Init, VarBuilder};
+
+/// `torch.nn.Linear`: weight [out, in].
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn load(vb: &VarBuilder<B>, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get("weight", [d_out, d_in], Init::FanIn(d_in))?;
+        let bias = if bias {
+            Some(vb.get("bias", [d_out], Init::FanIn(d_in))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(
+            x,
+            self.weight.val().transpose(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
+    }
+}
+
+/// `torch.nn.Conv2d` with square kernel, stride and padding.
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv2d<B> {
+    pub fn load(
+        vb: &VarBuilder<B>,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let fan_in = c_in * kernel * kernel;
+        let weight = vb.get("weight", [c_out, c_in, kernel, kernel], Init::FanIn(fan_in))?;
+        let bias = Some(vb.get("bias", [c_out], Init::FanIn(fan_in))?);
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(
+                [self.stride, self.stride],
+                [self.padding, self.padding],
+                [1, 1],
+                1,
+            ),
+        )
+    }
+}
+
+/// `torch.nn.GroupNorm` over [N, C, H, W] (or [N, C, L]) with affine weight and bias.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub num_groups: usize,
+    pub eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    pub fn load(vb: &VarBuilder<B>, num_groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get("weight", [channels], Init::Ones)?,
+            bias: vb.get("bias", [channels], Init::Zeros)?,
+            num_groups,
+            eps,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let (n, c) = (dims[0], dims[1]);
+        let grouped: Tensor<B, 3> = x.reshape([n as i64, self.num_groups as i64, -1]);
+        let (var, mean) = grouped.clone().var_mean_bias(2);
+        let normed = (grouped - mean).div((var + self.eps).sqrt());
+        let normed: Tensor<B, D> = normed.reshape(dims);
+        let mut affine_shape = [1usize; D];
+        affine_shape[1] = c;
+        normed * self.weight.val().reshape(affine_shape) + self.bias.val().reshape(affine_shape)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn load(vb: &VarBuilder<B>, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get("weight", [dim], Init::Ones)?,
+            bias: vb.get("bias", [dim], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let normed = (x - mean).div((var + self.eps).sqrt());
+        let mut shape = [1usize; D];
+        shape[D - 1] = self.weight.dims()[0];
+        normed * self.weight.val().reshape(shape) + self.bias.val().reshape(shape)
+    }
+}
+
+/// Multi-head attention on [B, N, H·D] projections: splits heads, attends, merges heads.
+pub fn multi_head_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<B, 3> {
+    let [b, n_q, inner] = q.dims();
+    let n_k = k.dims()[1];
+    let d = inner / heads;
+    let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, n, heads, d]).swap_dims(1, 2);
+    let out = burn::tensor::module::attention(
+        split(q, n_q),
+        split(k, n_k),
+        split(v, n_k),
+        None,
+        None,
+        burn::tensor::ops::AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        },
+    );
+    out.swap_dims(1, 2).reshape([b, n_q, inner])
+}
