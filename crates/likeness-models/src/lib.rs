@@ -2,6 +2,12 @@
 
 pub mod error;
 pub mod nn;
+pub mod pipeline;
+pub mod png_meta;
+pub mod presets;
+pub mod rng;
+pub mod sd;
+pub mod single_file;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -336,13 +336,9 @@ fn random_values(seed: u64, key: &str, shape: &[usize], init: Init) -> Vec<f32> 
             let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         }
-        Init::Normal(std) => (0..n)
-            .map(|_| {
-                // Box-Muller from two uniforms.
-                let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-                let u2: f32 = rng.random::<f32>();
-                (std as f32) * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-            })
+        Init::Normal(std) => crate::rng::randn(&mut rng, n)
+            .into_iter()
+            .map(|v| v * std as f32)
             .collect(),
     }
 }

@@ -1,0 +1,195 @@
+//! Choosing where to run: CUDA, wgpu (Vulkan/Metal/DX12) or the CPU, at f32, f16 or bf16.
+//!
+//! Work that must run on "some backend" implements [`BackendTask`]; [`dispatch`] picks the
+//! backend type from the user's choice and calls it once, monomorphised for that backend.
+
+use burn::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA, then wgpu, then the CPU.
+    #[default]
+    Auto,
+    Cuda,
+    Wgpu,
+    Cpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda),
+            "wgpu" => Ok(Self::Wgpu),
+            "cpu" => Ok(Self::Cpu),
+            _ => Err(format!("unknown device `{s}` (auto, cuda, wgpu, cpu)")),
+        }
+    }
+}
+
+/// `--precision`: the float type of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown precision `{s}` (f32, f16, bf16)")),
+        }
+    }
+}
+
+/// The backend a task ended up on, for logs and metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    pub device: DeviceChoice,
+    pub precision: Precision,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}/{:?}", self.device, self.precision)
+    }
+}
+
+/// Work to run on whichever backend is chosen.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device, placement: Placement) -> Result<Self::Output>;
+}
+
+/// CPU backend used for tests and as the fallback.
+pub type CpuBackend = burn::backend::Flex;
+
+/// Runs `f` with panics turned into `None` and their messages kept off the terminal.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f).ok();
+    std::panic::set_hook(hook);
+    r
+}
+
+/// Whether a backend can create a tensor and read it back.
+fn probe<B: Backend>(device: &B::Device) -> bool {
+    let device = device.clone();
+    quietly(move || {
+        let t = Tensor::<B, 1>::ones([4], &device) * 2.0;
+        t.into_data().to_vec::<f32>().map(|v| v == vec![2.0; 4]).unwrap_or(false)
+    })
+    .unwrap_or(false)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_available() -> bool {
+    probe::<burn::backend::Cuda>(&Default::default())
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda_available() -> bool {
+    false
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_available() -> bool {
+    probe::<burn::backend::Wgpu>(&Default::default())
+}
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_available() -> bool {
+    false
+}
+
+/// Resolves `auto` to a concrete device.
+pub fn resolve(choice: DeviceChoice) -> Result<DeviceChoice> {
+    match choice {
+        DeviceChoice::Auto => {
+            if cuda_available() {
+                Ok(DeviceChoice::Cuda)
+            } else if wgpu_available() {
+                Ok(DeviceChoice::Wgpu)
+            } else {
+                Ok(DeviceChoice::Cpu)
+            }
+        }
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => Err(ModelError::Invalid(
+            "this build has no CUDA support (built without the `cuda` feature)".into(),
+        )),
+        DeviceChoice::Wgpu if !cfg!(feature = "wgpu") => Err(ModelError::Invalid(
+            "this build has no wgpu support (built without the `wgpu` feature)".into(),
+        )),
+        DeviceChoice::Cuda if !cuda_available() => Err(ModelError::Invalid(
+            "no usable CUDA device (is the NVIDIA driver installed?)".into(),
+        )),
+        DeviceChoice::Wgpu if !wgpu_available() => Err(ModelError::Invalid(
+            "no usable wgpu adapter (Vulkan, Metal or DX12)".into(),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Runs `task` on the chosen device and precision.
+pub fn dispatch<T: BackendTask>(
+    choice: DeviceChoice,
+    precision: Precision,
+    task: T,
+) -> Result<T::Output> {
+    let device = resolve(choice)?;
+    let placement = Placement { device, precision };
+    tracing::info!("running on {placement}");
+    match device {
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda => {
+            use burn::backend::Cuda;
+            match precision {
+                Precision::F32 => task.run::<Cuda<f32>>(Default::default(), placement),
+                Precision::F16 => task.run::<Cuda<half::f16>>(Default::default(), placement),
+                Precision::Bf16 => task.run::<Cuda<half::bf16>>(Default::default(), placement),
+            }
+        }
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu => {
+            use burn::backend::Wgpu;
+            match precision {
+                Precision::F32 => task.run::<Wgpu<f32>>(Default::default(), placement),
+                Precision::F16 | Precision::Bf16 => {
+                    if precision == Precision::Bf16 {
+                        tracing::warn!("wgpu has no bf16; using f16");
+                    }
+                    task.run::<Wgpu<half::f16>>(
+                        Default::default(),
+                        Placement {
+                            device,
+                            precision: Precision::F16,
+                        },
+                    )
+                }
+            }
+        }
+        _ => {
+            if precision != Precision::F32 {
+                tracing::warn!("the CPU backend runs in f32; --precision {precision:?} ignored");
+            }
+            task.run::<CpuBackend>(
+                Default::default(),
+                Placement {
+                    device: DeviceChoice::Cpu,
+                    precision: Precision::F32,
+                },
+            )
+        }
+    }
+}

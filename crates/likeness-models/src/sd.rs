@@ -1,0 +1,256 @@
+//! A Stable Diffusion 1.x/2.x model as an artist has it: a diffusers folder or a single-file
+//! checkpoint, loaded into the four networks and the scheduler config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use serde_json::Value;
+
+use crate::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::error::{ModelError, Result, read_json};
+use crate::schedulers::{PredictionType, SchedulerConfig};
+use crate::single_file::{self, Family};
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::weights::{VarBuilder, WeightStore};
+
+/// How to read a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Force v-prediction (SD 2.x 768 models), whatever the scheduler config says.
+    pub v_prediction: bool,
+    /// For single files: a diffusers folder whose configs (and tokenizer) replace the detected ones.
+    pub config_dir: Option<PathBuf>,
+    /// For single files: a tokenizer folder (vocab.json + merges.txt).
+    pub tokenizer_dir: Option<PathBuf>,
+}
+
+/// What was loaded, for the UI and the PNG metadata.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub name: String,
+    pub family: Family,
+    pub prediction_type: PredictionType,
+    pub single_file: bool,
+    /// Weights present in the files that no network took.
+    pub unused_keys: Vec<String>,
+}
+
+/// The four parts and the scheduler config of a Stable Diffusion model.
+pub struct StableDiffusion<B: Backend> {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel<B>,
+    pub unet: UNet2DConditionModel<B>,
+    pub vae: AutoencoderKL<B>,
+    pub scheduler_config: SchedulerConfig,
+    pub info: ModelInfo,
+}
+
+/// Picks the safetensors file of a diffusers part: plain, then `.fp16` variant.
+fn part_weights(dir: &Path, stem: &str) -> Result<PathBuf> {
+    for name in [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    ] {
+        let p = dir.join(&name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if dir.join(format!("{stem}.bin")).is_file() {
+        return Err(ModelError::Layout {
+            path: dir.join(format!("{stem}.bin")),
+            message: "PyTorch pickle weights are not read (unsafe to load); convert to .safetensors"
+                .into(),
+        });
+    }
+    Err(ModelError::Layout {
+        path: dir.to_path_buf(),
+        message: format!("no {stem}.safetensors (or .fp16.safetensors) in this folder"),
+    })
+}
+
+fn part_dir(root: &Path, part: &str) -> Result<PathBuf> {
+    let d = root.join(part);
+    if !d.is_dir() {
+        return Err(ModelError::Layout {
+            path: d,
+            message: format!("missing model part `{part}`"),
+        });
+    }
+    Ok(d)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| ModelError::config(path, e.to_string()))
+}
+
+fn warn_unused(what: &str, store: &WeightStore) -> Vec<String> {
+    let unused = store.unused_keys();
+    if !unused.is_empty() {
+        tracing::warn!(
+            "{what}: {} weights not placed, e.g. {}",
+            unused.len(),
+            unused.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    unused
+}
+
+impl<B: Backend> StableDiffusion<B> {
+    /// Loads a diffusers folder (with `model_index.json`) or a single `.safetensors` checkpoint.
+    pub fn load(path: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self> {
+        if !path.exists() {
+            return Err(ModelError::io(path, "no such file or folder"));
+        }
+        if path.is_dir() {
+            Self::load_diffusers(path, opts, device)
+        } else {
+            Self::load_single_file(path, opts, device)
+        }
+    }
+
+    fn load_diffusers(root: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self> {
+        let index = root.join("model_index.json");
+        if !index.is_file() {
+            return Err(ModelError::Layout {
+                path: root.to_path_buf(),
+                message: "not a diffusers model folder (no model_index.json)".into(),
+            });
+        }
+        let _: Value = read_json(&index)?;
+        let tok_dir = part_dir(root, "tokenizer")?;
+        let tokenizer = ClipTokenizer::from_dir(&tok_dir)?;
+
+        let te_dir = part_dir(root, "text_encoder")?;
+        let te_cfg_path = te_dir.join("config.json");
+        let te_cfg: ClipTextConfig = read_json(&te_cfg_path)?;
+        let te_store = Arc::new(WeightStore::open(&[part_weights(&te_dir, "model")?])?);
+        let text_encoder = ClipTextModel::load(&VarBuilder::new(te_store.clone(), device), &te_cfg)?;
+
+        let unet_dir = part_dir(root, "unet")?;
+        let unet_cfg_path = unet_dir.join("config.json");
+        let unet_cfg: UNet2DConditionConfig = read_json(&unet_cfg_path)?;
+        unet_cfg.validate(&unet_cfg_path)?;
+        let unet_store = Arc::new(WeightStore::open(&[part_weights(
+            &unet_dir,
+            "diffusion_pytorch_model",
+        )?])?);
+        let unet = UNet2DConditionModel::load(&VarBuilder::new(unet_store.clone(), device), &unet_cfg)?;
+
+        let vae_dir = part_dir(root, "vae")?;
+        let vae_cfg_path = vae_dir.join("config.json");
+        let vae_cfg: AutoencoderKLConfig = read_json(&vae_cfg_path)?;
+        vae_cfg.validate(&vae_cfg_path)?;
+        let vae_store = Arc::new(WeightStore::open(&[part_weights(
+            &vae_dir,
+            "diffusion_pytorch_model",
+        )?])?);
+        let vae = AutoencoderKL::load(&VarBuilder::new(vae_store.clone(), device), &vae_cfg)?;
+
+        let sched_path = part_dir(root, "scheduler")?.join("scheduler_config.json");
+        let mut scheduler_config = SchedulerConfig::from_file(&sched_path)?;
+        if opts.v_prediction {
+            scheduler_config.prediction_type = Some(PredictionType::VPrediction);
+        }
+        let family = if unet_cfg.cross_attention_dim_value() >= 1024 || te_cfg.hidden_act == "gelu"
+        {
+            Family::Sd2
+        } else {
+            Family::Sd1
+        };
+        let mut unused = Vec::new();
+        for (what, store) in [
+            ("text_encoder", &te_store),
+            ("unet", &unet_store),
+            ("vae", &vae_store),
+        ] {
+            unused.extend(
+                warn_unused(what, store)
+                    .into_iter()
+                    .map(|k| format!("{what}.{k}")),
+            );
+        }
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            info: ModelInfo {
+                path: root.to_path_buf(),
+                name: model_name(root),
+                family,
+                prediction_type: scheduler_config.prediction(),
+                single_file: false,
+                unused_keys: unused,
+            },
+            scheduler_config,
+        })
+    }
+
+    fn load_single_file(path: &Path, opts: &LoadOptions, device: &B::Device) -> Result<Self> {
+        let sf = single_file::open(path)?;
+        let arch = &sf.arch;
+        let (te_json, unet_json, vae_json, sched_json, tok_dir) = match &opts.config_dir {
+            Some(dir) => {
+                let te: Value = read_json(&dir.join("text_encoder/config.json"))?;
+                let un: Value = read_json(&dir.join("unet/config.json"))?;
+                let va: Value = read_json(&dir.join("vae/config.json"))?;
+                let sc: Value = read_json(&dir.join("scheduler/scheduler_config.json"))?;
+                (te, un, va, sc, Some(dir.join("tokenizer")))
+            }
+            None => (
+                arch.text_encoder.clone(),
+                arch.unet.clone(),
+                arch.vae.clone(),
+                crate::presets::scheduler_json(arch.family),
+                None,
+            ),
+        };
+        let tokenizer = match opts.tokenizer_dir.clone().or(tok_dir) {
+            Some(dir) => ClipTokenizer::from_dir(&dir)?,
+            None => crate::presets::bundled_tokenizer(arch.family)?,
+        };
+        let te_cfg: ClipTextConfig = parse(path, te_json)?;
+        let unet_cfg: UNet2DConditionConfig = parse(path, unet_json)?;
+        unet_cfg.validate(path)?;
+        let vae_cfg: AutoencoderKLConfig = parse(path, vae_json)?;
+        vae_cfg.validate(path)?;
+        let mut scheduler_config: SchedulerConfig = parse(path, sched_json)?;
+        if opts.v_prediction {
+            scheduler_config.prediction_type = Some(PredictionType::VPrediction);
+        }
+        let store = Arc::new(sf.store);
+        let vb = VarBuilder::<B>::new(store.clone(), device);
+        let text_encoder = ClipTextModel::load(&vb.pp("text_encoder"), &te_cfg)?;
+        let unet = UNet2DConditionModel::load(&vb.pp("unet"), &unet_cfg)?;
+        let vae = AutoencoderKL::load(&vb.pp("vae"), &vae_cfg)?;
+        let unused = warn_unused("checkpoint", &store);
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                name: model_name(path),
+                family: arch.family,
+                prediction_type: scheduler_config.prediction(),
+                single_file: true,
+                unused_keys: unused,
+            },
+            scheduler_config,
+        })
+    }
+}
+
+/// The name shown for a model: the folder or file name without extension.
+pub fn model_name(path: &Path) -> String {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}

@@ -1,0 +1,65 @@
+//! Shared helpers of the parity tests: fixture paths, reading expected tensors, relative error.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use likeness_models::weights::{Init, WeightStore};
+
+pub type B = burn::backend::Flex;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/data")).join(rel)
+}
+
+/// Tensors of an `io.safetensors` file.
+pub struct Io(WeightStore);
+
+impl Io {
+    pub fn open(rel: &str) -> Self {
+        Io(WeightStore::open(&[fixture(rel)]).expect("fixture io file"))
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.0.shape(key).is_some()
+    }
+
+    pub fn shape(&self, key: &str) -> Vec<usize> {
+        self.0
+            .shape(key)
+            .unwrap_or_else(|| panic!("fixture has no `{key}`"))
+    }
+
+    pub fn values(&self, key: &str) -> Vec<f32> {
+        let s = self.shape(key);
+        self.0.load_f32(key, &s, Init::Zeros).expect("fixture tensor")
+    }
+
+    pub fn tensor<const D: usize>(&self, key: &str) -> Tensor<B, D> {
+        let s = self.shape(key);
+        let dims: [usize; D] = s.clone().try_into().expect("rank");
+        Tensor::from_data(TensorData::new(self.values(key), dims), &Default::default())
+    }
+}
+
+/// max |a − b| / max |b|.
+pub fn rel_err(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+}
+
+/// Asserts a relative error ≤ 1e-4 and prints it.
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32]) {
+    let e = rel_err(actual, expected);
+    println!("{what}: relative error {e:.3e}");
+    assert!(e <= 1e-4, "{what}: relative error {e:.3e} > 1e-4");
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what Likeness needs to build and test on Debian 12 / Ubuntu 24.04, when missing:
+# system packages (as root or through sudo), a Rust toolchain with rustfmt and clippy.
+# Usage: scripts/setup.sh [build|test]
+set -euo pipefail
+mode="${1:-build}"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "setup: not root and no sudo; install the packages below by hand if missing" >&2
+  fi
+fi
+
+need_pkgs=(build-essential pkg-config curl ca-certificates)
+if [ "$mode" = "test" ]; then
+  # Mesa's CPU Vulkan driver (lavapipe) runs the wgpu smoke test without a GPU.
+  need_pkgs+=(mesa-vulkan-drivers libvulkan1)
+fi
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for p in "${need_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: installing Rust (rustup)" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+  . "$HOME/.cargo/env"
+fi
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every check CI runs: formatting, clippy with warnings as errors, and all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked 2>&1
