@@ -1,13 +1,19 @@
 //! Likeness' networks in Burn, named as diffusers/transformers name them.
 
+pub mod clip_text;
+pub mod device;
 pub mod error;
 pub mod nn;
 pub mod pipeline;
 pub mod png_meta;
 pub mod presets;
 pub mod rng;
+pub mod schedulers;
 pub mod sd;
 pub mod single_file;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use error::{ModelError, Result};
