@@ -51,3 +51,40 @@ pub fn bundled_tokenizer(family: Family) -> Result<ClipTokenizer> {
     };
     ClipTokenizer::from_bpe_gz(CLIP_BPE_GZ, pad, 77)
 }
+
+/// The text encoder config of each family (SD 1.5: CLIP ViT-L/14; SD 2.1: OpenCLIP ViT-H/14
+/// without its last layer).
+pub fn text_encoder_json(family: Family) -> Value {
+    match family {
+        Family::Sd1 => json!({
+            "architectures": ["CLIPTextModel"],
+            "vocab_size": 49408,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "pad_token_id": 1,
+            "projection_dim": 768
+        }),
+        Family::Sd2 => json!({
+            "architectures": ["CLIPTextModel"],
+            "vocab_size": 49408,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 23,
+            "num_attention_heads": 16,
+            "max_position_embeddings": 77,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+            "pad_token_id": 1,
+            "projection_dim": 512
+        }),
+    }
+}

@@ -254,3 +254,40 @@ pub fn model_name(path: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into())
 }
+
+impl<B: Backend> StableDiffusion<B> {
+    /// A model of the public SD 1.5 / 2.1 shape with seeded random weights (benchmarks, tests).
+    pub fn random(family: Family, seed: u64, device: &B::Device) -> Result<Self> {
+        let path = PathBuf::from(format!("<random {family}>"));
+        let te_cfg: ClipTextConfig = parse(&path, crate::presets::text_encoder_json(family))?;
+        let unet_cfg = match family {
+            Family::Sd1 => UNet2DConditionConfig::sd15(),
+            Family::Sd2 => UNet2DConditionConfig::sd21(),
+        };
+        let vae_cfg = AutoencoderKLConfig::sd();
+        let scheduler_config: SchedulerConfig =
+            parse(&path, crate::presets::scheduler_json(family))?;
+        let store = Arc::new(WeightStore::random(seed));
+        let vb = VarBuilder::<B>::new(store, device);
+        Ok(Self {
+            tokenizer: crate::presets::bundled_tokenizer(family)?,
+            text_encoder: ClipTextModel::load(&vb.pp("text_encoder"), &te_cfg)?,
+            unet: UNet2DConditionModel::load(&vb.pp("unet"), &unet_cfg)?,
+            vae: AutoencoderKL::load(&vb.pp("vae"), &vae_cfg)?,
+            info: ModelInfo {
+                path: path.clone(),
+                name: format!("random-{family:?}").to_lowercase(),
+                family,
+                prediction_type: scheduler_config.prediction(),
+                single_file: false,
+                unused_keys: Vec::new(),
+            },
+            scheduler_config,
+        })
+    }
+
+    /// The picture size the model was trained at (UNet sample size × VAE factor).
+    pub fn native_size(&self) -> usize {
+        self.unet.sample_size() * self.vae.downscale_factor()
+    }
+}
