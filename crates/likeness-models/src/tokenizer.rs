@@ -259,11 +259,61 @@ impl ClipTokenizer {
         };
 
         let config_path = dir.join("tokenizer_config.json");
-        let mut config: TokenizerConfig = if config_path.is_file() {
+        let config: TokenizerConfig = if config_path.is_file() {
             read_json(&config_path)?
         } else {
             TokenizerConfig::default()
         };
+        Self::build(files, config, dir)
+    }
+
+    /// Builds the tokenizer from OpenAI's gzipped BPE merges (the vocabulary is derived from them
+    /// as CLIP defines it), with the given pad token and length.
+    pub fn from_bpe_gz(gz: &[u8], pad_token: &str, max_length: usize) -> Result<Self> {
+        use std::io::Read;
+        let origin = Path::new("<bundled CLIP BPE>");
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_string(&mut text)
+            .map_err(|e| ModelError::io(origin, e))?;
+        let merges: Vec<(String, String)> = text
+            .split('\n')
+            .skip(1)
+            .take(MAX_MERGES)
+            .filter_map(|l| {
+                let (a, b) = l.split_once(' ')?;
+                Some((a.to_string(), b.to_string()))
+            })
+            .collect();
+        let bytes = bytes_to_unicode();
+        let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
+        tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
+        tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+        tokens.push(BOS.to_string());
+        tokens.push(EOS.to_string());
+        let vocab = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
+        let config = TokenizerConfig {
+            model_max_length: Some(max_length as f64),
+            pad_token: Some(Value::String(pad_token.to_string())),
+            ..Default::default()
+        };
+        Self::build(
+            BpeFiles {
+                vocab,
+                merges,
+                added: Vec::new(),
+            },
+            config,
+            origin,
+        )
+    }
+
+    fn build(files: BpeFiles, mut config: TokenizerConfig, dir: &Path) -> Result<Self> {
+        let config_path = dir.join("tokenizer_config.json");
         // transformers reads special_tokens_map.json only for folders saved without
         // `added_tokens_decoder` (the legacy path), and then it overrides tokenizer_config.json.
         let map_path = dir.join("special_tokens_map.json");
