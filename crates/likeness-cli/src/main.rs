@@ -1,5 +1,6 @@
 //! `likeness`: the command line over Likeness' core.
 
+mod bench;
 mod generate;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Text-to-image with a Stable Diffusion 1.x/2.x model.
     Generate(Box<generate::GenerateArgs>),
+    /// Time the UNet and a generation at SD 1.5 shape with random weights.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

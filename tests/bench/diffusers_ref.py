@@ -1,0 +1,114 @@
+"""The diffusers/PyTorch side of `likeness bench`: the same work at SD 1.5 shape with random
+weights, printed as the same table so the two can be set side by side.
+
+    python tests/bench/diffusers_ref.py --device cpu --size 512 --steps 30 --iters 3
+
+Needs torch, diffusers==0.35.2, transformers==4.57.1 (tests/fixtures/requirements.txt). No hub
+access: every part is built from its public config with random weights.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from diffusers import (AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512), sample_size=512,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+SD15_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+)
+SD15_SCHED = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, steps_offset=1, clip_sample=False, use_karras_sigmas=True,
+)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--only", default="all", choices=["unet", "generate", "all"])
+    ap.add_argument("--tokenizer", default="tests/fixtures/data/tokenizer")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.precision]
+    torch.manual_seed(0)
+    dev = a.device
+    label = f"{dev}/{a.precision} torch {torch.__version__}"
+    if dev.startswith("cuda"):
+        label += f" ({torch.cuda.get_device_name()})"
+        torch.cuda.reset_peak_memory_stats()
+    unet = UNet2DConditionModel(**SD15_UNET).to(dev, dtype).eval()
+    rows = []
+    lat = a.size // 8
+    with torch.no_grad():
+        if a.only != "generate":
+            x = torch.randn(2, 4, lat, lat, device=dev, dtype=dtype)
+            t = torch.tensor([981.0, 981.0], device=dev)
+            ctx = torch.randn(2, 77, 768, device=dev, dtype=dtype)
+            times = []
+            for i in range(a.iters + 1):
+                sync(dev)
+                t0 = time.perf_counter()
+                unet(x, t, ctx).sample.float().cpu()
+                sync(dev)
+                ms = (time.perf_counter() - t0) * 1e3
+                print(f"unet forward {i}: {ms:.1f} ms", flush=True)
+                if i > 0:
+                    times.append(ms)
+            rows.append((f"UNet forward, batch 2, {a.size}px", times))
+        if a.only != "unet":
+            vae = AutoencoderKL(**SD15_VAE).to(dev, dtype).eval()
+            te = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(dev, dtype).eval()
+            tok = CLIPTokenizer.from_pretrained(a.tokenizer)
+            sched = DPMSolverMultistepScheduler(**SD15_SCHED)
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                           scheduler=sched, safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            sync(dev)
+            t0 = time.perf_counter()
+            pipe("a photo of a dog on the beach", num_inference_steps=a.steps, guidance_scale=7.5,
+                 height=a.size, width=a.size, output_type="np")
+            sync(dev)
+            rows.append((f"generate {a.steps} steps (CFG, DPM++ 2M, decode), {a.size}px",
+                         [(time.perf_counter() - t0) * 1e3]))
+    print("| benchmark | device | mean ms | min ms | runs |")
+    print("|---|---|---|---|---|")
+    out = []
+    for name, times in rows:
+        mean = sum(times) / len(times)
+        print(f"| {name} | {label} | {mean:.1f} | {min(times):.1f} | {len(times)} |")
+        out.append(dict(name=name, device=label, mean_ms=mean, min_ms=min(times), runs=len(times)))
+    if dev.startswith("cuda"):
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
