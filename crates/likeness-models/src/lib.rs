@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod nn;
+pub mod unet;
 pub mod weights;
 
 pub use error::{ModelError, Result};
