@@ -1,0 +1,235 @@
+//! diffusers' `UNet2DConditionModel` as Stable Diffusion 1.x/2.x use it: the noise predictor
+//! conditioned on a timestep and a text embedding. Field names are diffusers' so that every
+//! weight key (`down_blocks.1.attentions.0.transformer_blocks.0.ff.net.0.proj.weight`) reads
+//! as a field path.
+
+pub mod attention;
+pub mod blocks;
+pub mod config;
+pub mod embeddings;
+pub mod resnet;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+pub use attention::{
+    Attention, BasicTransformerBlock, FeedForward, GEGLU, Transformer2DModel, TransformerConfig,
+};
+pub use blocks::{DownBlock, UNetMidBlock2DCrossAttn, UpBlock, UpBlockChannels};
+pub use config::{DownBlockType, PerBlock, UNet2DConditionConfig, UpBlockType};
+pub use embeddings::{TimestepEmbedding, Timesteps, get_timestep_embedding};
+pub use resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
+
+use crate::error::{ModelError, Result};
+use crate::nn::{Conv2d, GroupNorm};
+use crate::weights::{VarBuilder, WeightStore};
+
+/// diffusers' `UNet2DConditionModel` (SD 1.x/2.x subset; see [`UNet2DConditionConfig::validate`]).
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_proj: Timesteps,
+    pub time_embedding: TimestepEmbedding<B>,
+    pub down_blocks: Vec<DownBlock<B>>,
+    pub mid_block: UNetMidBlock2DCrossAttn<B>,
+    pub up_blocks: Vec<UpBlock<B>>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+    /// The config the model was built from.
+    pub config: UNet2DConditionConfig,
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    /// Builds the model from `vb` (rooted at the UNet, keys without prefix), after validating
+    /// `cfg`. Shapes follow diffusers' constructor exactly.
+    pub fn load(vb: &VarBuilder<B>, cfg: &UNet2DConditionConfig) -> Result<Self> {
+        cfg.validate(vb.store().display_path())?;
+        let n = cfg.num_blocks();
+        let ch = &cfg.block_out_channels;
+        let groups = cfg.groups();
+        let temb = cfg.time_embed_dim();
+        let layers = cfg.layers();
+        let heads = cfg.heads_per_block();
+        let cross = cfg.cross_dims();
+        let resnet = |in_channels, out_channels, output_scale_factor| ResnetConfig {
+            in_channels,
+            out_channels,
+            temb_channels: temb,
+            groups,
+            eps: cfg.norm_eps,
+            dropout: cfg.dropout,
+            output_scale_factor,
+        };
+        // diffusers: Transformer2DModel(heads, out_channels // heads, in_channels=out_channels).
+        let transformer = |channels: usize, heads: usize, cross_attention_dim| TransformerConfig {
+            in_channels: channels,
+            heads,
+            dim_head: channels / heads,
+            cross_attention_dim,
+            groups,
+            use_linear_projection: cfg.use_linear_projection,
+            upcast_attention: cfg.upcast_attention,
+            dropout: cfg.dropout,
+        };
+
+        let conv_in = Conv2d::load(
+            &vb.pp("conv_in"),
+            cfg.in_channels,
+            ch[0],
+            cfg.conv_in_kernel,
+            1,
+            (cfg.conv_in_kernel - 1) / 2,
+        )?;
+        let time_proj = Timesteps {
+            num_channels: ch[0],
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            downscale_freq_shift: cfg.freq_shift,
+        };
+        let time_embedding = TimestepEmbedding::load(&vb.pp("time_embedding"), ch[0], temb)?;
+
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut output_channel = ch[0];
+        for (i, kind) in cfg.down_types().into_iter().enumerate() {
+            let input_channel = output_channel;
+            output_channel = ch[i];
+            let attn = (kind == DownBlockType::CrossAttnDownBlock2D)
+                .then(|| transformer(output_channel, heads[i], cross[i]));
+            down_blocks.push(DownBlock::load(
+                &vb.pp("down_blocks").pp(i),
+                layers[i],
+                resnet(input_channel, output_channel, 1.0),
+                attn,
+                i + 1 < n,
+                cfg.downsample_padding,
+            )?);
+        }
+
+        let last = ch[n - 1];
+        let mid_block = UNetMidBlock2DCrossAttn::load(
+            &vb.pp("mid_block"),
+            resnet(last, last, cfg.mid_block_scale_factor),
+            transformer(last, heads[n - 1], cross[n - 1]),
+        )?;
+
+        let rev_ch: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut output_channel = rev_ch[0];
+        for (i, kind) in cfg.up_types().into_iter().enumerate() {
+            let prev_output_channel = output_channel;
+            output_channel = rev_ch[i];
+            let input_channel = rev_ch[(i + 1).min(n - 1)];
+            let r = n - 1 - i;
+            let attn = (kind == UpBlockType::CrossAttnUpBlock2D)
+                .then(|| transformer(output_channel, heads[r], cross[r]));
+            up_blocks.push(UpBlock::load(
+                &vb.pp("up_blocks").pp(i),
+                layers[r] + 1,
+                UpBlockChannels {
+                    in_channels: input_channel,
+                    prev_output_channel,
+                    out_channels: output_channel,
+                },
+                resnet(0, 0, 1.0),
+                attn,
+                i + 1 < n,
+            )?);
+        }
+
+        let conv_norm_out = GroupNorm::load(&vb.pp("conv_norm_out"), groups, ch[0], cfg.norm_eps)?;
+        let conv_out = Conv2d::load(
+            &vb.pp("conv_out"),
+            ch[0],
+            cfg.out_channels,
+            cfg.conv_out_kernel,
+            1,
+            (cfg.conv_out_kernel - 1) / 2,
+        )?;
+        Ok(Self {
+            conv_in,
+            time_proj,
+            time_embedding,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Loads a diffusers `unet/` folder: `config.json` and `diffusion_pytorch_model.safetensors`
+    /// (or `diffusion_pytorch_model.fp16.safetensors` when the former is absent). Keys the model
+    /// does not use are reported with a warning.
+    pub fn load_from_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg = UNet2DConditionConfig::from_file(dir.join("config.json"))?;
+        let weights = weights_file(dir)?;
+        let store = Arc::new(WeightStore::open(std::slice::from_ref(&weights))?);
+        let model = Self::load(&VarBuilder::new(store.clone(), device), &cfg)?;
+        let unused = store.unused_keys();
+        if !unused.is_empty() {
+            tracing::warn!(
+                file = %weights.display(),
+                count = unused.len(),
+                keys = ?unused,
+                "UNet weights not used by the model"
+            );
+        }
+        Ok(model)
+    }
+
+    /// Predicts the noise (or v) for `sample` [N, in_channels, H, W] at `timesteps` ([N] or [1],
+    /// float) given `encoder_hidden_states` [N, L, cross_attention_dim]; returns
+    /// [N, out_channels, H, W].
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
+        let batch = sample.dims()[0];
+        // diffusers broadcasts a single timestep over the batch.
+        let timesteps = if timesteps.dims()[0] == 1 && batch != 1 {
+            timesteps.expand([batch])
+        } else {
+            timesteps
+        };
+        let t_emb = self.time_proj.forward(timesteps);
+        let emb = self.time_embedding.forward(t_emb);
+        // Every resnet applies SiLU to the embedding before its projection; do it once.
+        let temb_act = silu(emb);
+        let context = encoder_hidden_states;
+
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            x = block.forward(x, &temb_act, &context, &mut skips);
+        }
+        x = self.mid_block.forward(x, &temb_act, &context);
+        for block in &self.up_blocks {
+            x = block.forward(x, &temb_act, &context, &mut skips);
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+/// The safetensors file of a diffusers model folder, preferring the full-precision one.
+fn weights_file(dir: &Path) -> Result<PathBuf> {
+    let candidates = [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+    ];
+    candidates
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ModelError::io(
+                dir.join(candidates[0]),
+                "no diffusion_pytorch_model.safetensors (nor .fp16.safetensors) in the folder",
+            )
+        })
+}
