@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod nn;
+pub mod schedulers;
 pub mod weights;
 
 pub use error::{ModelError, Result};
