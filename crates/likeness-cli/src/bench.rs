@@ -48,7 +48,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !["unet", "generate", "all"].contains(&args.only.as_str()) {
         anyhow::bail!("--only must be unet, generate or all");
     }
-    let rows = dispatch(args.device, args.precision, BenchTask { args: args.clone() })?;
+    let rows = dispatch(
+        args.device,
+        args.precision,
+        BenchTask { args: args.clone() },
+    )?;
     println!("| benchmark | device | mean ms | min ms | runs |");
     println!("|---|---|---|---|---|");
     for r in &rows {
@@ -104,15 +108,16 @@ impl BackendTask for BenchTask {
             let mut times = Vec::new();
             for i in 0..=a.iters {
                 let ms = time::<B>(&device, || {
-                    let out = model
-                        .unet
-                        .forward(sample.clone(), t.clone(), ctx.clone());
+                    let out = model.unet.forward(sample.clone(), t.clone(), ctx.clone());
                     let _ = out.into_data();
                 });
                 if i > 0 {
                     times.push(ms);
                 }
-                eprintln!("unet forward {i}: {ms:.1} ms{}", if i == 0 { " (warm-up)" } else { "" });
+                eprintln!(
+                    "unet forward {i}: {ms:.1} ms{}",
+                    if i == 0 { " (warm-up)" } else { "" }
+                );
             }
             rows.push(row(
                 &format!("UNet forward, batch 2, {}px", a.size),
@@ -135,14 +140,17 @@ impl BackendTask for BenchTask {
             };
             let ms = time::<B>(&device, || {
                 let mut noise = SeededNoise::new(0, 1);
-                if let Ok(l) = model.sample(&p, None, &mut noise, &mut |s, n| {
-                    eprintln!("step {s}/{n}")
-                }) {
+                if let Ok(l) =
+                    model.sample(&p, None, &mut noise, &mut |s, n| eprintln!("step {s}/{n}"))
+                {
                     let _ = model.decode(l).into_data();
                 }
             });
             rows.push(row(
-                &format!("generate {} steps (CFG, DPM++ 2M, decode), {}px", a.steps, a.size),
+                &format!(
+                    "generate {} steps (CFG, DPM++ 2M, decode), {}px",
+                    a.steps, a.size
+                ),
                 &label,
                 &[ms],
             ));

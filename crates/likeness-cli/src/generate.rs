@@ -89,10 +89,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if out_is_file {
-        if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                bail!("{}: folder does not exist", parent.display());
-            }
+        if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            bail!("{}: folder does not exist", parent.display());
         }
     } else {
         std::fs::create_dir_all(&args.out)
@@ -117,8 +117,9 @@ fn read_latents(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
 
 fn save_latents(path: &Path, shape: &[usize], values: &[f32]) -> anyhow::Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
-        .context("latents tensor")?;
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .context("latents tensor")?;
     let data = safetensors::serialize([("latents", view)], None).context("serialising latents")?;
     write_atomic(path, &data)?;
     Ok(())

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/data")).join(rel)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/data"
+    ))
+    .join(rel)
 }
 
 fn likeness() -> Command {
@@ -58,7 +62,11 @@ fn generates_into_a_folder_with_index_and_parameters() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let index = std::fs::read_to_string(out.join("index.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = index
         .lines()
@@ -114,7 +122,11 @@ fn generates_into_a_folder_with_index_and_parameters() {
     let b = image::open(out.join(lines[2]["file"].as_str().unwrap()))
         .unwrap()
         .to_rgb8();
-    assert_eq!(a.as_raw(), b.as_raw(), "seed 8 alone equals seed 8 in a batch");
+    assert_eq!(
+        a.as_raw(),
+        b.as_raw(),
+        "seed 8 alone equals seed 8 in a batch"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -125,9 +137,8 @@ fn given_latents_reproduce_diffusers() {
     let (shape, init) = read_f32(&io, "init_latents");
     let latents_in = out.join("init.safetensors");
     let bytes: Vec<u8> = init.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes)
-            .unwrap();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes)
+        .unwrap();
     std::fs::write(
         &latents_in,
         safetensors::serialize([("latents", view)], None).unwrap(),
@@ -161,7 +172,11 @@ fn given_latents_reproduce_diffusers() {
         .arg(&png)
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let (s, got) = read_f32(&saved, "latents");
     let (_, want) = read_f32(&io, "final_latents_dpmpp-2m");
     assert_eq!(s, shape);
@@ -198,7 +213,9 @@ fn bad_input_is_one_line_and_nonzero() {
         let o = likeness()
             .arg("generate")
             .args(&extra)
-            .args(["--prompt", "x", "--steps", "1", "--device", "cpu", "--quiet", "--out"])
+            .args([
+                "--prompt", "x", "--steps", "1", "--device", "cpu", "--quiet", "--out",
+            ])
             .arg(out.join("x.png"))
             .output()
             .unwrap();

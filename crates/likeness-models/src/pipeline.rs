@@ -5,7 +5,7 @@ use rand::{SeedableRng, rngs::StdRng};
 
 use crate::error::{ModelError, Result};
 use crate::rng::randn;
-use crate::schedulers::{SchedulerKind, SchedulerOverrides, build_scheduler};
+use crate::schedulers::{SchedulerKind, build_scheduler};
 use crate::sd::StableDiffusion;
 
 /// Everything that decides a picture, besides the model and the initial noise.
@@ -90,27 +90,29 @@ impl<B: Backend> StableDiffusion<B> {
         let f = self.vae.downscale_factor();
         let unet_f = self.unet.downscale_factor();
         let step = f * unet_f;
-        if p.width == 0 || p.height == 0 || p.width % step != 0 || p.height % step != 0 {
+        if p.width == 0
+            || p.height == 0
+            || !p.width.is_multiple_of(step)
+            || !p.height.is_multiple_of(step)
+        {
             return Err(ModelError::Invalid(format!(
                 "width and height must be positive multiples of {step} for this model (got {}x{})",
                 p.width, p.height
             )));
         }
-        Ok([
-            p.count,
-            self.unet.in_channels(),
-            p.height / f,
-            p.width / f,
-        ])
+        Ok([p.count, self.unet.in_channels(), p.height / f, p.width / f])
     }
 
     /// Prompt embeddings [1, 77, D].
-    pub fn encode_text(&self, text: &str, clip_skip: usize) -> Tensor<B, 3> {
+    pub fn encode_text(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
         let ids = self.tokenizer.encode(text);
         let n = ids.len();
         let device = self.device();
         let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids.into_iter().map(|i| i as i64).collect::<Vec<_>>(), [1, n]),
+            TensorData::new(
+                ids.into_iter().map(|i| i as i64).collect::<Vec<_>>(),
+                [1, n],
+            ),
             &device,
         );
         self.text_encoder.encode_prompt(ids, clip_skip)
@@ -140,7 +142,7 @@ impl<B: Backend> StableDiffusion<B> {
         let mut scheduler = build_scheduler::<B>(
             p.scheduler,
             &self.scheduler_config,
-            &SchedulerOverrides::for_sampler(p.scheduler),
+            p.scheduler.default_overrides(),
             p.steps,
         )?;
         let latents = match init_latents {
@@ -162,12 +164,12 @@ impl<B: Backend> StableDiffusion<B> {
         let mut latents = latents * scheduler.init_noise_sigma();
 
         let cfg = p.guidance > 1.0;
-        let cond = self.encode_text(&p.prompt, p.clip_skip);
+        let cond = self.encode_text(&p.prompt, p.clip_skip)?;
         let [_, seq, dim] = cond.dims();
         let cond = cond.expand([p.count, seq, dim]);
         let context = if cfg {
             let uncond = self
-                .encode_text(&p.negative_prompt, p.clip_skip)
+                .encode_text(&p.negative_prompt, p.clip_skip)?
                 .expand([p.count, seq, dim]);
             Tensor::cat(vec![uncond, cond], 0)
         } else {
@@ -184,7 +186,8 @@ impl<B: Backend> StableDiffusion<B> {
             };
             let input = scheduler.scale_model_input(input, i);
             let batch = input.dims()[0];
-            let t_in = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; batch], [batch]), &device);
+            let t_in =
+                Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32; batch], [batch]), &device);
             let pred = self.unet.forward(input, t_in, context.clone());
             let pred = if cfg {
                 let mut halves = pred.chunk(2, 0).into_iter();
@@ -202,7 +205,7 @@ impl<B: Backend> StableDiffusion<B> {
                     &device,
                 )
             });
-            latents = scheduler.step(pred, i, latents, step_noise);
+            latents = scheduler.step(pred, i, latents, step_noise)?;
             progress(i + 1, total);
         }
         Ok(latents)
@@ -210,9 +213,7 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// Decodes latents into images in [0, 1], [N, 3, H, W].
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        let image = self
-            .vae
-            .decode(latents / self.vae.scaling_factor());
+        let image = self.vae.decode(latents / self.vae.scaling_factor());
         (image / 2.0 + 0.5).clamp(0.0, 1.0)
     }
 }

@@ -63,8 +63,9 @@ fn part_weights(dir: &Path, stem: &str) -> Result<PathBuf> {
     if dir.join(format!("{stem}.bin")).is_file() {
         return Err(ModelError::Layout {
             path: dir.join(format!("{stem}.bin")),
-            message: "PyTorch pickle weights are not read (unsafe to load); convert to .safetensors"
-                .into(),
+            message:
+                "PyTorch pickle weights are not read (unsafe to load); convert to .safetensors"
+                    .into(),
         });
     }
     Err(ModelError::Layout {
@@ -94,7 +95,12 @@ fn warn_unused(what: &str, store: &WeightStore) -> Vec<String> {
         tracing::warn!(
             "{what}: {} weights not placed, e.g. {}",
             unused.len(),
-            unused.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            unused
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     unused
@@ -129,7 +135,8 @@ impl<B: Backend> StableDiffusion<B> {
         let te_cfg_path = te_dir.join("config.json");
         let te_cfg: ClipTextConfig = read_json(&te_cfg_path)?;
         let te_store = Arc::new(WeightStore::open(&[part_weights(&te_dir, "model")?])?);
-        let text_encoder = ClipTextModel::load(&VarBuilder::new(te_store.clone(), device), &te_cfg)?;
+        let text_encoder =
+            ClipTextModel::load(&VarBuilder::new(te_store.clone(), device), &te_cfg)?;
 
         let unet_dir = part_dir(root, "unet")?;
         let unet_cfg_path = unet_dir.join("config.json");
@@ -139,7 +146,8 @@ impl<B: Backend> StableDiffusion<B> {
             &unet_dir,
             "diffusion_pytorch_model",
         )?])?);
-        let unet = UNet2DConditionModel::load(&VarBuilder::new(unet_store.clone(), device), &unet_cfg)?;
+        let unet =
+            UNet2DConditionModel::load(&VarBuilder::new(unet_store.clone(), device), &unet_cfg)?;
 
         let vae_dir = part_dir(root, "vae")?;
         let vae_cfg_path = vae_dir.join("config.json");
@@ -154,9 +162,10 @@ impl<B: Backend> StableDiffusion<B> {
         let sched_path = part_dir(root, "scheduler")?.join("scheduler_config.json");
         let mut scheduler_config = SchedulerConfig::from_file(&sched_path)?;
         if opts.v_prediction {
-            scheduler_config.prediction_type = Some(PredictionType::VPrediction);
+            scheduler_config.prediction_type = Some("v_prediction".into());
         }
-        let family = if unet_cfg.cross_attention_dim_value() >= 1024 || te_cfg.hidden_act == "gelu"
+        let family = if unet_cfg.cross_dims().first().copied().unwrap_or(0) >= 1024
+            || te_cfg.hidden_act == "gelu"
         {
             Family::Sd2
         } else {
@@ -183,7 +192,7 @@ impl<B: Backend> StableDiffusion<B> {
                 path: root.to_path_buf(),
                 name: model_name(root),
                 family,
-                prediction_type: scheduler_config.prediction(),
+                prediction_type: scheduler_config.prediction_type(None)?,
                 single_file: false,
                 unused_keys: unused,
             },
@@ -219,9 +228,9 @@ impl<B: Backend> StableDiffusion<B> {
         unet_cfg.validate(path)?;
         let vae_cfg: AutoencoderKLConfig = parse(path, vae_json)?;
         vae_cfg.validate(path)?;
-        let mut scheduler_config: SchedulerConfig = parse(path, sched_json)?;
+        let mut scheduler_config = SchedulerConfig::from_value(sched_json, path)?;
         if opts.v_prediction {
-            scheduler_config.prediction_type = Some(PredictionType::VPrediction);
+            scheduler_config.prediction_type = Some("v_prediction".into());
         }
         let store = Arc::new(sf.store);
         let vb = VarBuilder::<B>::new(store.clone(), device);
@@ -238,7 +247,7 @@ impl<B: Backend> StableDiffusion<B> {
                 path: path.to_path_buf(),
                 name: model_name(path),
                 family: arch.family,
-                prediction_type: scheduler_config.prediction(),
+                prediction_type: scheduler_config.prediction_type(None)?,
                 single_file: true,
                 unused_keys: unused,
             },
@@ -265,8 +274,8 @@ impl<B: Backend> StableDiffusion<B> {
             Family::Sd2 => UNet2DConditionConfig::sd21(),
         };
         let vae_cfg = AutoencoderKLConfig::sd();
-        let scheduler_config: SchedulerConfig =
-            parse(&path, crate::presets::scheduler_json(family))?;
+        let scheduler_config =
+            SchedulerConfig::from_value(crate::presets::scheduler_json(family), &path)?;
         let store = Arc::new(WeightStore::random(seed));
         let vb = VarBuilder::<B>::new(store, device);
         Ok(Self {
@@ -278,7 +287,7 @@ impl<B: Backend> StableDiffusion<B> {
                 path: path.clone(),
                 name: format!("random-{family:?}").to_lowercase(),
                 family,
-                prediction_type: scheduler_config.prediction(),
+                prediction_type: scheduler_config.prediction_type(None)?,
                 single_file: false,
                 unused_keys: Vec::new(),
             },

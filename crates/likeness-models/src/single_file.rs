@@ -95,12 +95,10 @@ fn need<'a>(
     shapes: &'a BTreeMap<String, Vec<usize>>,
     key: &str,
 ) -> Result<&'a Vec<usize>> {
-    shapes
-        .get(key)
-        .ok_or_else(|| ModelError::MissingWeight {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-        })
+    shapes.get(key).ok_or_else(|| ModelError::MissingWeight {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+    })
 }
 
 /// Reads the architecture from tensor shapes; real SD checkpoints get the public configs' other
@@ -151,9 +149,7 @@ pub fn detect(path: &Path, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Dete
     if layers_per_block == 0 || 1 + levels * (layers_per_block + 1) - 1 != n_input {
         return Err(layout_err(
             path,
-            format!(
-                "UNet input blocks ({n_input}) do not form regular levels of equal depth"
-            ),
+            format!("UNet input blocks ({n_input}) do not form regular levels of equal depth"),
         ));
     }
     let mut block_out = Vec::new();
@@ -297,7 +293,10 @@ pub fn detect(path: &Path, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Dete
             )?;
             let hidden = tok[1];
             if blocks < 2 {
-                return Err(layout_err(path, "OpenCLIP text encoder has fewer than 2 blocks"));
+                return Err(layout_err(
+                    path,
+                    "OpenCLIP text encoder has fewer than 2 blocks",
+                ));
             }
             (
                 json!({
@@ -490,10 +489,10 @@ fn unet_key(
             ));
         }
         // Upsamplers sit after the resnet (index 1) or after the attention (index 2).
-        if let Some(conv) = inner.strip_prefix("conv.") {
-            if level + 1 < levels {
-                return Some(format!("up_blocks.{level}.upsamplers.0.conv.{conv}"));
-            }
+        if let Some(conv) = inner.strip_prefix("conv.")
+            && level + 1 < levels
+        {
+            return Some(format!("up_blocks.{level}.upsamplers.0.conv.{conv}"));
         }
         let attn_key = format!("{UNET}output_blocks.{i}.1.proj_in.weight");
         if part == 1 && shapes.contains_key(&attn_key) {
@@ -529,7 +528,10 @@ fn vae_key(rest: &str, levels: usize) -> Option<String> {
                 return Some(format!("{coder}.mid_block.resnets.1.{}", vae_resnet(t)));
             }
             if let Some(t) = mid.strip_prefix("attn_1.") {
-                return Some(format!("{coder}.mid_block.attentions.0.{}", vae_attention(t)));
+                return Some(format!(
+                    "{coder}.mid_block.attentions.0.{}",
+                    vae_attention(t)
+                ));
             }
             return None;
         }

@@ -61,7 +61,10 @@ pub struct WeightStore {
 impl std::fmt::Debug for WeightStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeightStore")
-            .field("files", &self.files.iter().map(|f| &f.path).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|f| &f.path).collect::<Vec<_>>(),
+            )
             .field("keys", &self.index.len())
             .field("random_seed", &self.random_seed)
             .finish()
@@ -222,10 +225,13 @@ impl WeightStore {
             return Ok(random_values(seed, key, expected, init));
         }
         let path = self.display_path();
-        let r = self.index.get(key).ok_or_else(|| ModelError::MissingWeight {
-            path: path.clone(),
-            key: key.to_string(),
-        })?;
+        let r = self
+            .index
+            .get(key)
+            .ok_or_else(|| ModelError::MissingWeight {
+                path: path.clone(),
+                key: key.to_string(),
+            })?;
         let file = &self.files[r.file];
         let info = file
             .infos
@@ -238,13 +244,12 @@ impl WeightStore {
         let numel: usize = shape.iter().product();
         let bytes = &file.mmap
             [file.data_start + info.data_offsets.0..file.data_start + info.data_offsets.1];
-        let mut values = decode(bytes, info.dtype, numel).ok_or_else(|| {
-            ModelError::UnsupportedDtype {
+        let mut values =
+            decode(bytes, info.dtype, numel).ok_or_else(|| ModelError::UnsupportedDtype {
                 path: file.path.clone(),
                 key: r.key.clone(),
                 dtype: format!("{:?}", info.dtype),
-            }
-        })?;
+            })?;
         if let Some((s, e)) = r.rows {
             let row: usize = shape[1..].iter().product();
             if e > shape[0] {
@@ -418,6 +423,9 @@ impl<B: Backend> VarBuilder<B> {
     ) -> Result<Tensor<B, D>> {
         let key = self.path(name);
         let values = self.store.load_f32(&key, &shape, init)?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
     }
 }

@@ -108,7 +108,10 @@ fn truncated_weights() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("truncated") && e.contains("diffusion_pytorch_model"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains("diffusion_pytorch_model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -117,7 +120,10 @@ fn not_a_safetensors_file() {
     let p = dir.join("text_encoder/model.safetensors");
     std::fs::write(&p, b"<html>this is a download error page</html>").unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("not a safetensors file") && e.contains("model.safetensors"), "{e}");
+    assert!(
+        e.contains("not a safetensors file") && e.contains("model.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -129,23 +135,25 @@ fn shape_mismatch_names_the_key() {
         .replace("\"cross_attention_dim\": 32", "\"cross_attention_dim\": 48");
     std::fs::write(&p, text).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("attn2.to_k.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("attn2.to_k.weight") && e.contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
 fn single_file_of_unknown_layout() {
     let tmp = tempdir::Dir::new("unknown");
     let p = tmp.path().join("lora.safetensors");
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        vec![2],
-        &[0u8; 8],
-    )
-    .unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &[0u8; 8]).unwrap();
     let data = safetensors::serialize([("lora_unet_x.lora_down.weight", view)], None).unwrap();
     std::fs::write(&p, data).unwrap();
     let e = load_err(&p);
-    assert!(e.contains("unknown single-file layout") && e.contains("lora.safetensors"), "{e}");
+    assert!(
+        e.contains("unknown single-file layout") && e.contains("lora.safetensors"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -186,7 +194,10 @@ fn single_file_architecture_is_read_from_shapes() {
             "num_hidden_layers",
             "vocab_size",
         ] {
-            assert_eq!(sf.arch.text_encoder[field], te[field], "{file}: text {field}");
+            assert_eq!(
+                sf.arch.text_encoder[field], te[field],
+                "{file}: text {field}"
+            );
         }
         let vae: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixture(dir).join("vae/config.json")).unwrap(),

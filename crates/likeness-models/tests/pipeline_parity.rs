@@ -83,7 +83,11 @@ fn sd1_epsilon_pipeline_matches_diffusers() {
     let dir = fixture("pipeline_sd1_eps");
     let model = StableDiffusion::<B>::load(&dir, &LoadOptions::default(), &Default::default())
         .expect("load");
-    assert!(model.info.unused_keys.is_empty(), "{:?}", model.info.unused_keys);
+    assert!(
+        model.info.unused_keys.is_empty(),
+        "{:?}",
+        model.info.unused_keys
+    );
     check(&model, &Io::open("pipeline_sd1_eps/io.safetensors"), "sd1");
 }
 

@@ -72,7 +72,8 @@ pub enum BetaSchedule {
 }
 
 /// What the denoising network predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PredictionType {
     Epsilon,
     VPrediction,

@@ -163,6 +163,24 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// Loads a diffusers `unet/` folder: `config.json` and `diffusion_pytorch_model.safetensors`
     /// (or `diffusion_pytorch_model.fp16.safetensors` when the former is absent). Keys the model
     /// does not use are reported with a warning.
+    /// How much smaller the innermost feature map is than the input (2^(blocks − 1)).
+    pub fn downscale_factor(&self) -> usize {
+        1 << self.config.num_blocks().saturating_sub(1)
+    }
+
+    /// Latent channels the model takes.
+    pub fn in_channels(&self) -> usize {
+        self.config.in_channels
+    }
+
+    /// The latent size the model was trained at (64 for SD 1.5).
+    pub fn sample_size(&self) -> usize {
+        match &self.config.sample_size {
+            Some(s) => s.expand(1).first().copied().unwrap_or(64),
+            None => 64,
+        }
+    }
+
     pub fn load_from_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = UNet2DConditionConfig::from_file(dir.join("config.json"))?;

@@ -9,7 +9,11 @@ use likeness_models::weights::{Init, WeightStore};
 pub type B = burn::backend::Flex;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/data")).join(rel)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/data"
+    ))
+    .join(rel)
 }
 
 /// Tensors of an `io.safetensors` file.
@@ -32,7 +36,9 @@ impl Io {
 
     pub fn values(&self, key: &str) -> Vec<f32> {
         let s = self.shape(key);
-        self.0.load_f32(key, &s, Init::Zeros).expect("fixture tensor")
+        self.0
+            .load_f32(key, &s, Init::Zeros)
+            .expect("fixture tensor")
     }
 
     pub fn tensor<const D: usize>(&self, key: &str) -> Tensor<B, D> {
@@ -54,7 +60,10 @@ pub fn rel_err(actual: &[f32], expected: &[f32]) -> f32 {
 }
 
 pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
 /// Asserts a relative error ≤ 1e-4 and prints it.
