@@ -9,11 +9,37 @@ use burn::tensor::ops::ConvOptions;
 use crate::error::Result;
 use crate::weights::{Init, VarBuilder};
 
-/// `torch.nn.Linear`: weight [out, in].
+/// `torch.nn.Linear`: weight [out, in], with an optional trainable low-rank adapter.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// LoRA adapter being trained (loaded LoRA files are merged into `weight` instead).
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+/// A low-rank update `alpha/rank · up(down(x))`: `down` [rank, in], `up` [out, rank] (PEFT's
+/// `lora_A` / `lora_B`, kohya's `lora_down` / `lora_up`).
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    pub down: Param<Tensor<B, 2>>,
+    pub up: Param<Tensor<B, 2>>,
+    pub alpha: f64,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    pub fn rank(&self) -> usize {
+        self.down.dims()[0]
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank().max(1) as f64
+    }
+
+    /// The update as a full weight: `scale · up @ down`, [out, in].
+    pub fn delta_weight(&self) -> Tensor<B, 2> {
+        self.up.val().matmul(self.down.val()) * self.scale()
+    }
 }
 
 impl<B: Backend> Linear<B> {
@@ -24,7 +50,11 @@ impl<B: Backend> Linear<B> {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     pub fn d_in(&self) -> usize {
@@ -36,11 +66,23 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        linear(
-            x,
+        let base = linear(
+            x.clone(),
             self.weight.val().transpose(),
             self.bias.as_ref().map(|b| b.val()),
-        )
+        );
+        match &self.lora {
+            None => base,
+            Some(l) => {
+                let low = linear(x, l.down.val().transpose(), None);
+                base + linear(low, l.up.val().transpose(), None) * l.scale()
+            }
+        }
+    }
+
+    /// Adds `delta` [out, in] to the weight (merging a LoRA file).
+    pub fn merge_delta(&mut self, delta: Tensor<B, 2>) {
+        self.weight = self.weight.clone().map(|w| w + delta);
     }
 }
 

@@ -1,0 +1,1 @@
+//! Likeness' trainers: DreamBooth (LoRA and full) and Diffusion-DPO, scoring, pairs, export.
