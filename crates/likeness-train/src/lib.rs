@@ -1,1 +1,4 @@
 //! Likeness' trainers: DreamBooth (LoRA and full) and Diffusion-DPO, scoring, pairs, export.
+
+pub mod dpo_loss;
+pub mod pairs;
