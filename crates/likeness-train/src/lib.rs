@@ -2,3 +2,4 @@
 
 pub mod dpo_loss;
 pub mod pairs;
+pub mod prompts;

@@ -115,11 +115,7 @@ impl PairFilter {
                 ));
             }
         }
-        kept.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-        });
+        kept.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         if self.max_pairs_per_prompt > 0 {
             kept.truncate(self.max_pairs_per_prompt);
         }
@@ -168,7 +164,13 @@ pub fn angle_histogram(images: &[ScoredImage], bins: usize) -> Vec<(f64, f64, us
     counts
         .into_iter()
         .enumerate()
-        .map(|(b, c)| (-180.0 + b as f64 * width, -180.0 + (b + 1) as f64 * width, c))
+        .map(|(b, c)| {
+            (
+                -180.0 + b as f64 * width,
+                -180.0 + (b + 1) as f64 * width,
+                c,
+            )
+        })
         .collect()
 }
 

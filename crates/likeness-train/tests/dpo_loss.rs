@@ -60,7 +60,9 @@ fn loss_and_gradients_match_pytorch() {
         let gl = vals(ml.grad(&grads).unwrap());
         let e_gw = rel(&gw, &vals(tensor::<4>(&s, &format!("grad_w_{name}"))));
         let e_gl = rel(&gl, &vals(tensor::<4>(&s, &format!("grad_l_{name}"))));
-        println!("beta {beta}: inside {e_inside:.2e} loss {e_loss:.2e} grad_w {e_gw:.2e} grad_l {e_gl:.2e}");
+        println!(
+            "beta {beta}: inside {e_inside:.2e} loss {e_loss:.2e} grad_w {e_gw:.2e} grad_l {e_gl:.2e}"
+        );
         assert!(e_loss <= 1e-4 && e_gw <= 1e-4 && e_gl <= 1e-4);
         assert!(e_inside <= 1e-3);
         let (acc, margin) = implicit_accuracy_and_margin(&inside);
