@@ -1,8 +1,11 @@
 //! Likeness' networks in Burn, named as diffusers/transformers name them.
 
+pub mod clip_model;
 pub mod clip_text;
+pub mod clip_vision;
 pub mod device;
 pub mod error;
+pub mod image_preprocess;
 pub mod lora;
 pub mod nn;
 pub mod pipeline;
@@ -15,6 +18,7 @@ pub mod single_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vit;
 pub mod weights;
 
 pub use error::{ModelError, Result};
