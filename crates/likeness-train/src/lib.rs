@@ -3,3 +3,4 @@
 pub mod dpo_loss;
 pub mod pairs;
 pub mod prompts;
+pub mod scoring;
