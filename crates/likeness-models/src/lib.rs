@@ -4,6 +4,7 @@ pub mod clip_text;
 pub mod device;
 pub mod error;
 pub mod lora;
+pub mod lora_files;
 pub mod nn;
 pub mod pipeline;
 pub mod png_meta;
