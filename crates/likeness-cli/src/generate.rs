@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use burn::prelude::*;
 use clap::Args;
 use likeness_models::device::{BackendTask, DeviceChoice, Placement, Precision, dispatch};
+use likeness_models::lora_files::{merge_lora, open_lora_file};
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::png_meta::{a1111_parameters, save_png, write_atomic};
 use likeness_models::schedulers::SchedulerKind;
@@ -43,6 +44,10 @@ pub struct GenerateArgs {
     /// Writes the final denoised latents (tensor `latents`, f32) to this safetensors file.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
+    /// A LoRA file (kohya/A1111/ComfyUI or diffusers layout) merged at strength SCALE (default 1);
+    /// repeatable.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    pub lora: Vec<LoraArg>,
     /// Treat the model as v-prediction (SD 2.x 768 models).
     #[arg(long)]
     pub v_prediction: bool,
@@ -59,6 +64,52 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// A LoRA file and the strength it is merged at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraArg {
+    pub path: PathBuf,
+    pub scale: f32,
+}
+
+impl LoraArg {
+    /// The name AUTOMATIC1111 calls it by in a prompt: the file name without extension.
+    pub fn name(&self) -> String {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `FILE:SCALE`, as `--lora` takes it back.
+    pub fn spec(&self) -> String {
+        format!("{}:{}", self.path.display(), self.scale)
+    }
+}
+
+/// `FILE[:SCALE]`: the text after the last `:` is a scale only if it is a number, so Windows
+/// paths (`C:\loras\x.safetensors`) need no scale.
+fn parse_lora(s: &str) -> Result<LoraArg, String> {
+    if s.is_empty() {
+        return Err("empty LoRA file name".into());
+    }
+    if let Some((path, scale)) = s.rsplit_once(':')
+        && !path.is_empty()
+        && let Ok(scale) = scale.trim().parse::<f32>()
+    {
+        if !scale.is_finite() {
+            return Err(format!("LoRA scale `{scale}` is not a finite number"));
+        }
+        return Ok(LoraArg {
+            path: path.into(),
+            scale,
+        });
+    }
+    Ok(LoraArg {
+        path: s.into(),
+        scale: 1.0,
+    })
 }
 
 /// One line of `index.jsonl`: the format every later command reads.
@@ -97,6 +148,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     } else {
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("{}: cannot create folder", args.out.display()))?;
+    }
+    for l in &args.lora {
+        if !l.path.is_file() {
+            bail!("{}: no such LoRA file", l.path.display());
+        }
     }
     dispatch(args.device, args.precision, GenerateTask { args })?;
     Ok(())
@@ -148,7 +204,8 @@ fn run_on<B: Backend>(
         v_prediction: args.v_prediction,
         ..Default::default()
     };
-    let model = StableDiffusion::<B>::load(&args.model, &opts, device)?;
+    let mut model = StableDiffusion::<B>::load(&args.model, &opts, device)?;
+    apply_loras(&args.lora, &mut model)?;
     let native = model.native_size();
     let params = GenerateParams {
         prompt: args.prompt.clone(),
@@ -219,12 +276,57 @@ fn run_on<B: Backend>(
     write_images(args, &params, &model.info.name, &images)
 }
 
+/// Merges each `--lora` file into the UNet and text encoder; one warning line per file for what
+/// found no place.
+fn apply_loras<B: Backend>(
+    loras: &[LoraArg],
+    model: &mut StableDiffusion<B>,
+) -> anyhow::Result<()> {
+    for l in loras {
+        let file = open_lora_file(&l.path)?;
+        let report = merge_lora(&file.set, &mut model.unet, &mut model.text_encoder, l.scale);
+        let mut left: Vec<String> = file.skipped.iter().map(|s| s.to_string()).collect();
+        left.extend(report.unplaced);
+        if report.merged == 0 {
+            bail!(
+                "{}: none of its {} LoRA layers fits this model (e.g. {})",
+                l.path.display(),
+                file.set.layers.len(),
+                left.first().map(String::as_str).unwrap_or("?")
+            );
+        }
+        if !left.is_empty() {
+            const SHOWN: usize = 4;
+            eprintln!(
+                "warning: {}: {} LoRA keys/layers not applied: {}{}",
+                l.path.display(),
+                left.len(),
+                left[..left.len().min(SHOWN)].join(", "),
+                if left.len() > SHOWN { ", …" } else { "" }
+            );
+        }
+        tracing::info!(
+            "{}: {} LoRA layers merged ({} layout) at {}",
+            l.path.display(),
+            report.merged,
+            file.format,
+            l.scale
+        );
+    }
+    Ok(())
+}
+
 fn write_images(
     args: &GenerateArgs,
     params: &GenerateParams,
     model_name: &str,
     images: &[image::RgbImage],
 ) -> anyhow::Result<()> {
+    let lora_tags: Vec<String> = args
+        .lora
+        .iter()
+        .map(|l| format!("{}:{}", l.name(), l.scale))
+        .collect();
     let out_is_file = args
         .out
         .extension()
@@ -238,7 +340,11 @@ fn write_images(
                 let stem = args.out.file_stem().unwrap_or_default().to_string_lossy();
                 args.out.with_file_name(format!("{stem}-{i}.png"))
             };
-            save_png(&path, img, &a1111_parameters(params, seed, model_name, &[]))?;
+            save_png(
+                &path,
+                img,
+                &a1111_parameters(params, seed, model_name, &lora_tags),
+            )?;
             println!("{}", path.display());
         }
         return Ok(());
@@ -263,7 +369,11 @@ fn write_images(
             }
         };
         let path = args.out.join(&file);
-        save_png(&path, img, &a1111_parameters(params, seed, model_name, &[]))?;
+        save_png(
+            &path,
+            img,
+            &a1111_parameters(params, seed, model_name, &lora_tags),
+        )?;
         let entry = IndexEntry {
             file: file.clone(),
             prompt: params.prompt.clone(),
@@ -275,7 +385,7 @@ fn write_images(
             width: params.width,
             height: params.height,
             model: model_name.to_string(),
-            loras: Vec::new(),
+            loras: args.lora.iter().map(LoraArg::spec).collect(),
         };
         index.push_str(&serde_json::to_string(&entry)?);
         index.push('\n');
@@ -283,4 +393,33 @@ fn write_images(
     }
     write_atomic(&index_path, index.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_scale_is_taken_only_when_it_is_a_number() {
+        let p = |s: &str| parse_lora(s).unwrap();
+        assert_eq!(p("a.safetensors").scale, 1.0);
+        assert_eq!(p("a.safetensors:0.5").scale, 0.5);
+        assert_eq!(p("a.safetensors:0.5").path, PathBuf::from("a.safetensors"));
+        assert_eq!(p("a.safetensors:-1").scale, -1.0);
+        let win = p(r"C:\loras\x.safetensors");
+        assert_eq!(
+            (win.path, win.scale),
+            (PathBuf::from(r"C:\loras\x.safetensors"), 1.0)
+        );
+        let win = p(r"C:\loras\x.safetensors:0.8");
+        assert_eq!(
+            (win.path, win.scale),
+            (PathBuf::from(r"C:\loras\x.safetensors"), 0.8)
+        );
+        assert_eq!(p("odd:name").path, PathBuf::from("odd:name"));
+        assert!(parse_lora("").is_err());
+        assert!(parse_lora("a:inf").is_err());
+        assert_eq!(p("dir/my lora.safetensors:0.7").name(), "my lora");
+        assert_eq!(p("x.safetensors:0.7").spec(), "x.safetensors:0.7");
+    }
 }

@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod image_preprocess;
 pub mod lora;
+pub mod lora_files;
 pub mod nn;
 pub mod pipeline;
 pub mod png_meta;
