@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod score;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Time the UNet and a generation at SD 1.5 shape with random weights.
     Bench(bench::BenchArgs),
+    /// Score generated images: likeness to the concept (IS) and prompt following (TS).
+    Score(score::ScoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(args),
+        Command::Score(args) => score::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -140,7 +140,11 @@ impl<B: Backend> Scorer<B> {
     }
 
     /// Scores images made for `prompts` (one prompt per image, identifier token still in it).
-    pub fn score(&self, images: &[RgbImage], prompts: &[String]) -> Result<Vec<Scores>, ScoreError> {
+    pub fn score(
+        &self,
+        images: &[RgbImage],
+        prompts: &[String],
+    ) -> Result<Vec<Scores>, ScoreError> {
         if images.len() != prompts.len() {
             return Err(likeness_models::ModelError::Invalid(format!(
                 "{} images but {} prompts",
@@ -154,15 +158,25 @@ impl<B: Backend> Scorer<B> {
             let n = imgs.len();
             let img = l2_normalize(self.clip.embed_images(imgs)?);
             let k = self.concept_clip.dims()[0];
-            let is = to_vec(img.clone().matmul(self.concept_clip.clone().transpose()).sum_dim(1) / k as f64)?;
-            let stripped: Vec<String> = ps.iter().map(|p| strip_identifier(p, &self.token)).collect();
+            let is = to_vec(
+                img.clone()
+                    .matmul(self.concept_clip.clone().transpose())
+                    .sum_dim(1)
+                    / k as f64,
+            )?;
+            let stripped: Vec<String> = ps
+                .iter()
+                .map(|p| strip_identifier(p, &self.token))
+                .collect();
             let text = self.clip.embed_prompts(&stripped)?;
             let ts = to_vec(cosine(img, text))?;
             let dino = match (&self.dino, &self.concept_dino) {
                 (Some(d), Some(c)) => {
                     let e = l2_normalize(d.embed_images(imgs)?);
                     let kd = c.dims()[0];
-                    Some(to_vec(e.matmul(c.clone().transpose()).sum_dim(1) / kd as f64)?)
+                    Some(to_vec(
+                        e.matmul(c.clone().transpose()).sum_dim(1) / kd as f64,
+                    )?)
                 }
                 _ => None,
             };
