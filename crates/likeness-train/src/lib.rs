@@ -2,5 +2,6 @@
 
 pub mod dpo_loss;
 pub mod pairs;
+pub mod plot;
 pub mod prompts;
 pub mod scoring;
