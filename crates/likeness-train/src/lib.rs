@@ -1,1 +1,3 @@
 //! Likeness' trainers: DreamBooth (LoRA and full) and Diffusion-DPO, scoring, pairs, export.
+
+pub mod world;
