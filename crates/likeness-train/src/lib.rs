@@ -5,3 +5,4 @@ pub mod pairs;
 pub mod plot;
 pub mod prompts;
 pub mod scoring;
+pub mod world;
