@@ -34,7 +34,7 @@ SD15_TEXT = dict(
 )
 SD15_SCHED = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-    set_alpha_to_one=False, steps_offset=1, clip_sample=False, use_karras_sigmas=True,
+    steps_offset=1, use_karras_sigmas=True,
 )
 
 
