@@ -1,6 +1,7 @@
 //! `likeness`: the command line over Likeness' core.
 
 mod bench;
+mod dreambooth;
 mod generate;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Text-to-image with a Stable Diffusion 1.x/2.x model.
     Generate(Box<generate::GenerateArgs>),
+    /// Teach a model a subject from a folder of photos (DreamBooth, LoRA or full).
+    Dreambooth(Box<dreambooth::DreamBoothArgs>),
     /// Time the UNet and a generation at SD 1.5 shape with random weights.
     Bench(bench::BenchArgs),
 }
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Dreambooth(args) => dreambooth::run(*args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
