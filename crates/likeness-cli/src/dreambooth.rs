@@ -286,7 +286,7 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
                 bail!("--out is required for a new run");
             };
             DreamBoothJob::New {
-                config: config_from(&args)?,
+                config: Box::new(config_from(&args)?),
                 run_dir: out.clone(),
             }
         }

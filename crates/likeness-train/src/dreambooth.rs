@@ -233,7 +233,7 @@ pub struct RunConfig {
 #[derive(Debug, Clone)]
 pub enum DreamBoothJob {
     New {
-        config: DreamBoothConfig,
+        config: Box<DreamBoothConfig>,
         run_dir: PathBuf,
     },
     /// Continues from the last complete checkpoint (from scratch when there is none).
@@ -300,6 +300,7 @@ fn run_job<B: Backend>(
 ) -> Result<TrainOutcome> {
     let (run, mut config, fingerprint, resume) = match job {
         DreamBoothJob::New { config, run_dir } => {
+            let config = *config;
             config.validate()?;
             let fingerprint = ModelFingerprint::of(&config.model)?;
             (RunDir::create(&run_dir)?, config, fingerprint, None)

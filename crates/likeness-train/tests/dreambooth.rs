@@ -107,7 +107,7 @@ fn run(job: DreamBoothJob) -> Run {
 
 fn new_job(config: DreamBoothConfig, out: &Path) -> DreamBoothJob {
     DreamBoothJob::New {
-        config,
+        config: Box::new(config),
         run_dir: out.to_path_buf(),
     }
 }
