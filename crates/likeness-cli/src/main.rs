@@ -1,6 +1,7 @@
 //! `likeness`: the command line over Likeness' core.
 
 mod bench;
+mod dreambooth;
 mod generate;
 mod score;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Text-to-image with a Stable Diffusion 1.x/2.x model.
     Generate(Box<generate::GenerateArgs>),
+    /// Teach a model a subject from a folder of photos (DreamBooth, LoRA or full).
+    Dreambooth(Box<dreambooth::DreamBoothArgs>),
     /// Time the UNet and a generation at SD 1.5 shape with random weights.
     Bench(bench::BenchArgs),
     /// Score generated images: likeness to the concept (IS) and prompt following (TS).
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
+        Command::Dreambooth(args) => dreambooth::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
     };
