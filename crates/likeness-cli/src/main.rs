@@ -2,6 +2,7 @@
 
 mod bench;
 mod dreambooth;
+mod export;
 mod generate;
 mod score;
 
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Score generated images: likeness to the concept (IS) and prompt following (TS).
     Score(score::ScoreArgs),
+    /// Export a run's LoRA in kohya (AUTOMATIC1111, ComfyUI) or diffusers format.
+    ExportLora(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Dreambooth(args) => dreambooth::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
+        Command::ExportLora(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

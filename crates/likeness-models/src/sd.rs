@@ -300,3 +300,59 @@ impl<B: Backend> StableDiffusion<B> {
         self.unet.sample_size() * self.vae.downscale_factor()
     }
 }
+
+/// What a model is, read from its configs or tensor headers without loading any weights.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelSummary {
+    pub family: Family,
+    pub v_prediction: bool,
+    /// The UNet's transformer projections are 1×1 convs (SD 1.x) rather than linear (SD 2.x).
+    pub conv_projection: bool,
+    pub native_size: usize,
+    pub name: String,
+    pub single_file: bool,
+}
+
+/// Describes a diffusers folder or single-file checkpoint cheaply (configs and headers only).
+pub fn summarize(path: &Path, opts: &LoadOptions) -> Result<ModelSummary> {
+    if !path.exists() {
+        return Err(ModelError::io(path, "no such file or folder"));
+    }
+    let (unet, sched, vae, single_file) = if path.is_dir() {
+        let unet: Value = read_json(&part_dir(path, "unet")?.join("config.json"))?;
+        let sched: Value = read_json(&part_dir(path, "scheduler")?.join("scheduler_config.json"))?;
+        let vae: Value = read_json(&part_dir(path, "vae")?.join("config.json"))?;
+        (unet, sched, vae, false)
+    } else {
+        let sf = single_file::open(path)?;
+        let sched = crate::presets::scheduler_json(sf.arch.family);
+        (sf.arch.unet, sched, sf.arch.vae, true)
+    };
+    let cross = match &unet["cross_attention_dim"] {
+        Value::Array(a) => a.first().and_then(Value::as_u64).unwrap_or(768),
+        v => v.as_u64().unwrap_or(768),
+    };
+    let family = if cross >= 1024 {
+        Family::Sd2
+    } else {
+        Family::Sd1
+    };
+    let v_prediction =
+        opts.v_prediction || sched["prediction_type"].as_str() == Some("v_prediction");
+    let sample = match &unet["sample_size"] {
+        Value::Array(a) => a.first().and_then(Value::as_u64).unwrap_or(64),
+        v => v.as_u64().unwrap_or(64),
+    } as usize;
+    let vae_levels = vae["block_out_channels"]
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(4);
+    Ok(ModelSummary {
+        family,
+        v_prediction,
+        conv_projection: !unet["use_linear_projection"].as_bool().unwrap_or(false),
+        native_size: sample << vae_levels.saturating_sub(1),
+        name: model_name(path),
+        single_file,
+    })
+}
