@@ -198,7 +198,7 @@ fn embed_batched<B: Backend>(
 ) -> Result<Tensor<B, 2>, ScoreError> {
     let parts = images
         .chunks(BATCH)
-        .map(|c| f(c))
+        .map(&mut f)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Tensor::cat(parts, 0))
 }
