@@ -1,21 +1,12 @@
 //! `likeness dreambooth` end to end on the tiny fixture model: a run folder, resume with more
 //! steps, Ctrl-C (SIGINT) writing a checkpoint, and one-line errors.
 
+mod common;
+use common::{fixture, likeness};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/data"
-    ))
-    .join(rel)
-}
-
-fn likeness() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_likeness"))
-}
 
 fn tmp(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("likeness-cli-db-{tag}-{}", std::process::id()));

@@ -1,20 +1,10 @@
 //! DreamBooth a few steps → `likeness export-lora` in kohya and diffusers format → `likeness
 //! generate --lora` accepts both files, and the kohya file carries kohya's metadata.
 
-use std::path::PathBuf;
+mod common;
+use common::{fixture, likeness};
+
 use std::process::Command;
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/data"
-    ))
-    .join(rel)
-}
-
-fn likeness() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_likeness"))
-}
 
 fn ok(c: &mut Command) -> String {
     let o = c.output().unwrap();

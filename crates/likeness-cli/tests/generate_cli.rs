@@ -1,20 +1,10 @@
 //! `likeness generate` end to end on the tiny fixture model: files, index, PNG parameters,
 //! given/saved latents equal to diffusers', and one-line errors.
 
+mod common;
+use common::{fixture, likeness};
+
 use std::path::PathBuf;
-use std::process::Command;
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/data"
-    ))
-    .join(rel)
-}
-
-fn likeness() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_likeness"))
-}
 
 fn tmp(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("likeness-cli-{tag}-{}", std::process::id()));

@@ -3,16 +3,11 @@
 //! index.jsonl and as `<lora:name:scale>` in the PNG parameters; what does not fit is one warning
 //! line, a LoRA of which nothing fits a one-line error.
 
+mod common;
+use common::fixture;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/data"
-    ))
-    .join(rel)
-}
 
 fn tmp(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("likeness-cli-lora-{tag}-{}", std::process::id()));

@@ -272,6 +272,22 @@ fn upsample_nearest2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
         .reshape([n, c, 2 * h, 2 * w])
 }
 
+/// `layers` resnets under `resnets.i`, the first from `c_in` channels, all to `c_out`.
+fn load_resnets<B: Backend>(
+    vb: &VarBuilder<B>,
+    c_in: usize,
+    c_out: usize,
+    layers: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock2D<B>>> {
+    (0..layers)
+        .map(|i| {
+            let c = if i == 0 { c_in } else { c_out };
+            ResnetBlock2D::load(&vb.pp("resnets").pp(i), c, c_out, groups)
+        })
+        .collect()
+}
+
 /// diffusers' `DownEncoderBlock2D`.
 #[derive(Module, Debug)]
 pub struct DownEncoderBlock2D<B: Backend> {
@@ -290,12 +306,7 @@ impl<B: Backend> DownEncoderBlock2D<B> {
         groups: usize,
         downsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c = if i == 0 { c_in } else { c_out };
-                ResnetBlock2D::load(&vb.pp("resnets").pp(i), c, c_out, groups)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = load_resnets(vb, c_in, c_out, layers, groups)?;
         let downsamplers = if downsample {
             vec![Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out)?]
         } else {
@@ -332,12 +343,7 @@ impl<B: Backend> UpDecoderBlock2D<B> {
         groups: usize,
         upsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c = if i == 0 { c_in } else { c_out };
-                ResnetBlock2D::load(&vb.pp("resnets").pp(i), c, c_out, groups)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = load_resnets(vb, c_in, c_out, layers, groups)?;
         let upsamplers = if upsample {
             vec![Upsample2D::load(&vb.pp("upsamplers").pp(0), c_out)?]
         } else {

@@ -105,14 +105,7 @@ impl EulerDiscreteScheduler {
         sigmas.push(sigma_last);
         let sigmas: Vec<f64> = sigmas.into_iter().map(|s| s as f32 as f64).collect();
 
-        let max_sigma = sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, |m, s| m.max(s as f32));
-        let init_noise_sigma = match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            TimestepSpacing::Leading => sqrt_sigma2_plus_1(max_sigma),
-        } as f64;
+        let init_noise_sigma = euler_init_noise_sigma(&sigmas, spacing);
         Ok(Self {
             timesteps,
             sigmas,
@@ -136,10 +129,7 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<B, 4>, step_index: usize) -> Tensor<B, 4> {
-        match self.sigmas.get(step_index) {
-            Some(&sigma) => sample.div_scalar(sqrt_sigma2_plus_1(sigma as f32)),
-            None => sample,
-        }
+        scale_by_sigma(sample, &self.sigmas, step_index)
     }
 
     fn needs_noise(&self) -> bool {
@@ -176,5 +166,29 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
 
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
+    }
+}
+
+/// Euler-family `init_noise_sigma`: the largest sigma, or sqrt(σ² + 1) of it for leading spacing.
+pub(crate) fn euler_init_noise_sigma(sigmas: &[f64], spacing: TimestepSpacing) -> f64 {
+    let max_sigma = sigmas
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, |m, s| m.max(s as f32));
+    (match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+        TimestepSpacing::Leading => sqrt_sigma2_plus_1(max_sigma),
+    }) as f64
+}
+
+/// Euler-family `scale_model_input`: the sample divided by sqrt(σ² + 1) of its step.
+pub(crate) fn scale_by_sigma<B: Backend>(
+    sample: Tensor<B, 4>,
+    sigmas: &[f64],
+    step_index: usize,
+) -> Tensor<B, 4> {
+    match sigmas.get(step_index) {
+        Some(&sigma) => sample.div_scalar(sqrt_sigma2_plus_1(sigma as f32)),
+        None => sample,
     }
 }

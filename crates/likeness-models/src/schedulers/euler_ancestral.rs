@@ -3,8 +3,9 @@
 
 use burn::prelude::*;
 
-use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::config::{PredictionType, SchedulerConfig};
 use super::euler::sigma_sampler_timesteps;
+use super::euler::{euler_init_noise_sigma, scale_by_sigma};
 use super::schedule::{Alphas, np_interp_index, sqrt_sigma2_plus_1};
 use super::{Scheduler, SchedulerOverrides, check_steps, step_out_of_range};
 use crate::error::{ModelError, Result};
@@ -44,14 +45,7 @@ impl EulerAncestralDiscreteScheduler {
             .map(|&t| np_interp_index(t, &fp) as f32 as f64)
             .collect();
         sigmas.push(0.0);
-        let max_sigma = sigmas
-            .iter()
-            .copied()
-            .fold(f32::NEG_INFINITY, |m, s| m.max(s as f32));
-        let init_noise_sigma = match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            TimestepSpacing::Leading => sqrt_sigma2_plus_1(max_sigma),
-        } as f64;
+        let init_noise_sigma = euler_init_noise_sigma(&sigmas, spacing);
         Ok(Self {
             timesteps,
             sigmas,
@@ -75,10 +69,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
     }
 
     fn scale_model_input(&self, sample: Tensor<B, 4>, step_index: usize) -> Tensor<B, 4> {
-        match self.sigmas.get(step_index) {
-            Some(&sigma) => sample.div_scalar(sqrt_sigma2_plus_1(sigma as f32)),
-            None => sample,
-        }
+        scale_by_sigma(sample, &self.sigmas, step_index)
     }
 
     fn needs_noise(&self) -> bool {
