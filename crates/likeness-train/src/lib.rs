@@ -8,8 +8,10 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dpo;
 pub mod dpo_loss;
 pub mod dreambooth;
+pub mod eval;
 pub mod error;
 pub mod events;
 pub mod optim;
