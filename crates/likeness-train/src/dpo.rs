@@ -52,7 +52,7 @@ use crate::pairs::{Pair, PairFilter, ScoredImage, angle_histogram};
 use crate::prompts::PromptSet;
 use crate::run_dir::{ModelFingerprint, RunDir};
 use crate::scoring::{Scorer, load_concept, score_folder};
-use crate::trainable::{DiffusionNets, TEXT_ENCODER_FILE, UNET_FILE, Trainable, load_by_path};
+use crate::trainable::{DiffusionNets, TEXT_ENCODER_FILE, Trainable, UNET_FILE, load_by_path};
 
 /// The LoRA a DPO run starts from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,7 +172,10 @@ impl DpoConfig {
             return bad(format!("--lr must be a positive number (got {})", self.lr));
         }
         if !(self.beta.is_finite() && self.beta > 0.0) {
-            return bad(format!("--beta must be a positive number (got {})", self.beta));
+            return bad(format!(
+                "--beta must be a positive number (got {})",
+                self.beta
+            ));
         }
         if self.resolution == Some(0) {
             return bad("--resolution must be positive".into());
@@ -569,9 +572,8 @@ pub fn generate_set<B: Backend>(
     if let Some(l) = latents_dir {
         std::fs::create_dir_all(l).map_err(|e| TrainError::io(l, e))?;
     }
-    let latent_path = |file: &str| {
-        latents_dir.map(|l| l.join(Path::new(file).with_extension("safetensors")))
-    };
+    let latent_path =
+        |file: &str| latents_dir.map(|l| l.join(Path::new(file).with_extension("safetensors")));
     let todo: Vec<&GeneratedImage> = items
         .iter()
         .filter(|it| {
@@ -583,7 +585,12 @@ pub fn generate_set<B: Backend>(
             return Ok(false);
         }
         events(TrainEvent::Status {
-            message: format!("image {} of {} into {}", done + 1, todo.len(), dir.display()),
+            message: format!(
+                "image {} of {} into {}",
+                done + 1,
+                todo.len(),
+                dir.display()
+            ),
         });
         let params = GenerateParams {
             prompt: it.prompt.clone(),
@@ -641,7 +648,8 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TrainError::io(path, format!("line {}: {e}", i + 1)))
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::io(path, format!("line {}: {e}", i + 1)))
         })
         .collect()
 }
@@ -1005,10 +1013,7 @@ impl StageContext<'_> {
                 .map(|j| &pairs[order.at((step * c.batch + j) as u64)])
                 .collect();
             let pick = |f: &dyn Fn(&Pair) -> &String| {
-                Tensor::cat(
-                    chosen.iter().map(|p| latents[f(p)].clone()).collect(),
-                    0,
-                )
+                Tensor::cat(chosen.iter().map(|p| latents[f(p)].clone()).collect(), 0)
             };
             let winners = pick(&|p| &p.winner);
             let losers = pick(&|p| &p.loser);

@@ -397,7 +397,10 @@ pub fn evaluate<B: Backend>(
     let png = config.out.join("scatter.png");
     let svg = config.out.join("scatter.svg");
     write_scatter(
-        &format!("{} {}: likeness vs prompt following", config.token, config.class),
+        &format!(
+            "{} {}: likeness vs prompt following",
+            config.token, config.class
+        ),
         &series(&variants, &rows),
         &png,
         &svg,
