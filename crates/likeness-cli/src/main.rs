@@ -1,7 +1,9 @@
 //! `likeness`: the command line over Likeness' core.
 
 mod bench;
+mod dpo;
 mod dreambooth;
+mod eval;
 mod generate;
 mod score;
 
@@ -30,6 +32,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Score generated images: likeness to the concept (IS) and prompt following (TS).
     Score(score::ScoreArgs),
+    /// Rounds of DreamBooth-DPO: generate, score, pair inside the angle window, train.
+    Dpo(Box<dpo::DpoArgs>),
+    /// Compare the base model, DreamBooth checkpoints and DPO stages on held-out prompts.
+    Eval(Box<eval::EvalArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,8 @@ fn main() -> ExitCode {
         Command::Dreambooth(args) => dreambooth::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
+        Command::Dpo(args) => dpo::run(*args),
+        Command::Eval(args) => eval::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
