@@ -142,12 +142,12 @@ fn report(quiet: bool) -> impl FnMut(TrainEvent) {
             return;
         }
         match event {
-            TrainEvent::Status { message } => {
-                // Per-image lines come fast; show at most one a second.
-                if !message.starts_with("image ") || last_status.elapsed().as_secs() >= 1 {
-                    last_status = std::time::Instant::now();
-                    eprintln!("{message}");
-                }
+            // Per-image lines come fast; show at most one a second.
+            TrainEvent::Status { message }
+                if !message.starts_with("image ") || last_status.elapsed().as_secs() >= 1 =>
+            {
+                last_status = std::time::Instant::now();
+                eprintln!("{message}");
             }
             TrainEvent::Started {
                 run_dir,
@@ -162,11 +162,7 @@ fn report(quiet: bool) -> impl FnMut(TrainEvent) {
             ),
             TrainEvent::Step {
                 step, loss, secs, ..
-            } => {
-                if step % 10 == 0 {
-                    eprintln!("step {step}: loss {loss:.4} ({secs:.2}s)");
-                }
-            }
+            } if step % 10 == 0 => eprintln!("step {step}: loss {loss:.4} ({secs:.2}s)"),
             TrainEvent::Checkpoint { step, path } => {
                 eprintln!("step {step}: checkpoint {}", path.display())
             }
