@@ -11,6 +11,10 @@
 //! `pairs.jsonl`, `loss.jsonl`, `checkpoints/` and, when the stage is done, `lora.safetensors`
 //! (diffusers layout, loadable by `likeness generate --lora`).
 //!
+//! A run may start from a full fine-tune DreamBooth run: its weights become the base and fresh
+//! adapters train on them, so that stage LoRA only reproduces the model on top of those weights
+//! (`likeness eval` applies them; `likeness generate --lora` on the original base does not).
+//!
 //! The reference model shares the frozen base weights (Burn's module clones share tensors) and
 //! carries its own copy of the stage-start adapters, run on the inner backend without autodiff,
 //! so it costs the adapters' memory only.

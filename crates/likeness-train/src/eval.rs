@@ -20,8 +20,10 @@ use likeness_models::schedulers::SchedulerKind;
 use likeness_models::sd::{LoadOptions, StableDiffusion};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{ADAPTERS_FILE, list_checkpoints, load_checkpoint_lora};
-use crate::dpo::{GeneratedImage, STAGE_LORA_FILE, generate_set, stage_dir};
+use crate::checkpoint::{ADAPTERS_FILE, latest_checkpoint, list_checkpoints, load_checkpoint_lora};
+use crate::dpo::{
+    DpoRunConfig, DpoSource, GeneratedImage, STAGE_LORA_FILE, generate_set, stage_dir,
+};
 use crate::error::{Result, TrainError};
 use crate::events::TrainEvent;
 use crate::plot::{ScorePoint, Series, SeriesKind, mean_se, write_scatter};
@@ -103,6 +105,8 @@ enum Weights {
     Lora(LoraSet),
     /// A full fine-tune checkpoint folder.
     Full(PathBuf),
+    /// A DPO stage trained on top of a full fine-tune: its weights, then the LoRA.
+    FullThenLora(PathBuf, LoraSet),
 }
 
 /// One model to evaluate.
@@ -233,6 +237,8 @@ fn variants(runs: &[PathBuf]) -> Result<Vec<Variant>> {
                 }
             }
             "dpo" => {
+                let saved: DpoRunConfig = RunDir::open(run)?.read_config()?;
+                let full_base = full_source(&saved.dpo.source)?;
                 let mut found = 0;
                 for stage in 1.. {
                     let dir = stage_dir(run, stage);
@@ -249,7 +255,10 @@ fn variants(runs: &[PathBuf]) -> Result<Vec<Variant>> {
                         kind: VariantKind::Dpo,
                         position: Some(stage),
                         run: name.clone(),
-                        weights: Weights::Lora(read_lora_file(&path)?),
+                        weights: match &full_base {
+                            Some(dir) => Weights::FullThenLora(dir.clone(), read_lora_file(&path)?),
+                            None => Weights::Lora(read_lora_file(&path)?),
+                        },
                     });
                 }
                 if found == 0 {
@@ -265,6 +274,37 @@ fn variants(runs: &[PathBuf]) -> Result<Vec<Variant>> {
         }
     }
     Ok(out)
+}
+
+/// The full fine-tune checkpoint a DPO run's LoRA sits on, if its source is one.
+fn full_source(source: &DpoSource) -> Result<Option<PathBuf>> {
+    let DpoSource::Run(dir) = source else {
+        return Ok(None);
+    };
+    let Some((_, ckpt)) = latest_checkpoint(&RunDir::open(dir)?)? else {
+        return Ok(None);
+    };
+    Ok((!ckpt.join(ADAPTERS_FILE).is_file() && ckpt.join(UNET_FILE).is_file()).then_some(ckpt))
+}
+
+fn load_full<B: Backend>(model: &mut StableDiffusion<B>, dir: &Path) -> Result<()> {
+    model.unet = load_by_path(model.unet.clone(), &dir.join(UNET_FILE))?;
+    if dir.join(TEXT_ENCODER_FILE).is_file() {
+        model.text_encoder =
+            load_by_path(model.text_encoder.clone(), &dir.join(TEXT_ENCODER_FILE))?;
+    }
+    Ok(())
+}
+
+fn merge<B: Backend>(model: &mut StableDiffusion<B>, set: &LoraSet, variant: &str) -> Result<()> {
+    let report = merge_lora(set, &mut model.unet, &mut model.text_encoder, 1.0);
+    match report.unplaced.first() {
+        Some(first) => Err(TrainError::Invalid(format!(
+            "{variant}: {} LoRA layers found no place in the model, e.g. `{first}`",
+            report.unplaced.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn score_err(e: crate::scoring::ScoreError) -> TrainError {
@@ -344,22 +384,11 @@ pub fn evaluate<B: Backend>(
         model.text_encoder = base_text_encoder.clone();
         match &v.weights {
             Weights::Base => {}
-            Weights::Lora(set) => {
-                let report = merge_lora(set, &mut model.unet, &mut model.text_encoder, 1.0);
-                if let Some(first) = report.unplaced.first() {
-                    return Err(TrainError::Invalid(format!(
-                        "{}: {} LoRA layers found no place in the model, e.g. `{first}`",
-                        v.name,
-                        report.unplaced.len()
-                    )));
-                }
-            }
-            Weights::Full(dir) => {
-                model.unet = load_by_path(model.unet, &dir.join(UNET_FILE))?;
-                if dir.join(TEXT_ENCODER_FILE).is_file() {
-                    model.text_encoder =
-                        load_by_path(model.text_encoder, &dir.join(TEXT_ENCODER_FILE))?;
-                }
+            Weights::Lora(set) => merge(&mut model, set, &v.name)?,
+            Weights::Full(dir) => load_full(&mut model, dir)?,
+            Weights::FullThenLora(dir, set) => {
+                load_full(&mut model, dir)?;
+                merge(&mut model, set, &v.name)?;
             }
         }
         let dir = config.out.join(&v.name);

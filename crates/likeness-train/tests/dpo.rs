@@ -377,6 +377,7 @@ fn eval_writes_the_table_and_both_plots() {
         None,
     )
     .unwrap();
+    let (db, _) = dreambooth_run("eval-db", false);
     let dest = tmp("eval-out");
     let mut e = EvalConfig::new(
         &fixture(MODEL),
@@ -388,7 +389,7 @@ fn eval_writes_the_table_and_both_plots() {
     let prompts = dest.join("prompts.txt");
     std::fs::write(&prompts, "a photo of {}\n{} on the beach\n").unwrap();
     e.prompts = Some(prompts);
-    e.runs = vec![out];
+    e.runs = vec![db, out];
     e.seeds = 2;
     e.sample_steps = 2;
     e.out = dest.join("eval");
@@ -400,21 +401,18 @@ fn eval_writes_the_table_and_both_plots() {
     )
     .unwrap()
     .unwrap();
-    assert_eq!(report.rows.len(), 2);
+    assert_eq!(report.rows.len(), 3);
     assert!(report.rows.iter().all(|r| r.n == 4
         && r.is_mean.is_finite()
         && r.ts_mean.is_finite()
         && r.is_se.is_finite()
         && r.ts_se.is_finite()));
     let csv = std::fs::read_to_string(&report.csv).unwrap();
-    assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert!(
-        csv.lines()
-            .nth(2)
-            .unwrap()
-            .starts_with("run-stage-1,dpo,1,"),
-        "{csv}"
-    );
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    assert!(rows[1].starts_with("base,base,,"), "{csv}");
+    assert!(rows[2].starts_with("db-step-1,dreambooth,1,"), "{csv}");
+    assert!(rows[3].starts_with("run-stage-1,dpo,1,"), "{csv}");
     assert!(std::fs::metadata(&report.png).unwrap().len() > 1000);
     assert!(
         std::fs::read_to_string(&report.svg)
