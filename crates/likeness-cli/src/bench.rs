@@ -27,7 +27,9 @@ pub struct BenchArgs {
     /// Timed repetitions of the UNet forward (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
-    /// Which parts: unet, generate, or all.
+    /// Which parts: unet, generate, all (those two), or dpo-step (one DreamBooth-DPO
+    /// optimizer step on one pair: model and reference UNet on winner and loser, backward,
+    /// AdamW on rank-4 attention LoRA).
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Also write the results as JSON here.
@@ -45,8 +47,8 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if !["unet", "generate", "all"].contains(&args.only.as_str()) {
-        anyhow::bail!("--only must be unet, generate or all");
+    if !["unet", "generate", "all", "dpo-step"].contains(&args.only.as_str()) {
+        anyhow::bail!("--only must be unet, generate, all or dpo-step");
     }
     let rows = dispatch(
         args.device,
@@ -93,6 +95,10 @@ impl BackendTask for BenchTask {
         let model = StableDiffusion::<B>::random(Family::Sd1, 0, &device)?;
         let lat = a.size / 8;
         let mut rows = Vec::new();
+        if a.only == "dpo-step" {
+            rows.push(dpo_step::<B>(&model, &a, &label, &device)?);
+            return Ok(rows);
+        }
         if a.only != "generate" {
             let sample = Tensor::<B, 4>::random(
                 [2, 4, lat, lat],
@@ -157,6 +163,74 @@ impl BackendTask for BenchTask {
         }
         Ok(rows)
     }
+}
+
+/// One DPO step at the bench size: four UNet passes (model on winner and loser with autodiff,
+/// reference on both without), backward, global-norm clipping and AdamW on the LoRA.
+fn dpo_step<B: Backend>(
+    model: &StableDiffusion<B>,
+    a: &BenchArgs,
+    label: &str,
+    device: &B::Device,
+) -> likeness_models::Result<Row> {
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+    use likeness_models::lora::{self, LoraSet, LoraShape, LoraTargets};
+    use likeness_models::schedulers::NoiseSchedule;
+    use likeness_models::unet::UNet2DConditionModel;
+    use likeness_train::dpo::{DpoBatch, dpo_terms};
+    use likeness_train::optim::{AdamW, AdamWConfig, FlatGrads};
+    use rand::SeedableRng;
+
+    let shape = LoraShape {
+        rank: 4,
+        alpha: 4.0,
+    };
+    let (mut reference, _) =
+        lora::attach(model.unet.clone(), &LoraTargets::unet_attention(), shape, 0);
+    let mut start = LoraSet::default();
+    start.add_adapters("unet", &mut reference)?;
+    let mut unet = start.attach_to(
+        "unet",
+        UNet2DConditionModel::<Autodiff<B>>::from_inner(model.unet.clone()),
+    )?;
+    let schedule = NoiseSchedule::from_config(&model.scheduler_config)?;
+    let lat = a.size / 8;
+    let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+    let winners = Tensor::<B, 4>::random([1, 4, lat, lat], normal, device);
+    let losers = Tensor::<B, 4>::random([1, 4, lat, lat], normal, device);
+    let ctx = Tensor::<B, 3>::random([1, 77, 768], normal, device);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let batch = DpoBatch::draw(winners, losers, ctx, &schedule, &mut rng);
+    let mut optim = AdamW::<B>::new(AdamWConfig::default());
+    let mut times = Vec::new();
+    for i in 0..=a.iters {
+        let began = Instant::now();
+        let terms = dpo_terms(&schedule, 5000.0, &unet, &reference, &batch)
+            .map_err(|e| likeness_models::ModelError::Invalid(e.to_string()))?;
+        let mut grads = FlatGrads::from_loss(terms.loss, &unet);
+        grads.clip_global_norm(1.0);
+        unet = optim.step(1e-5, unet, grads);
+        // Reading a weight back waits for the step's work to finish.
+        let _ = unet.conv_in.weight.val().inner().into_data();
+        let _ = B::sync(device);
+        let ms = began.elapsed().as_secs_f64() * 1e3;
+        if i > 0 {
+            times.push(ms);
+        }
+        eprintln!(
+            "dpo step {i}: {ms:.1} ms{}",
+            if i == 0 { " (warm-up)" } else { "" }
+        );
+    }
+    Ok(row(
+        &format!(
+            "DPO step (4 UNet passes + backward + AdamW, LoRA r4), 1 pair, {}px",
+            a.size
+        ),
+        label,
+        &times,
+    ))
 }
 
 fn row(name: &str, device: &str, times: &[f64]) -> Row {

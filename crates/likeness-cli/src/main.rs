@@ -1,7 +1,9 @@
 //! `likeness`: the command line over Likeness' core.
 
 mod bench;
+mod dpo;
 mod dreambooth;
+mod eval;
 mod export;
 mod generate;
 mod score;
@@ -33,6 +35,10 @@ enum Command {
     Score(score::ScoreArgs),
     /// Export a run's LoRA in kohya (AUTOMATIC1111, ComfyUI) or diffusers format.
     ExportLora(export::ExportArgs),
+    /// Rounds of DreamBooth-DPO: generate, score, pair inside the angle window, train.
+    Dpo(Box<dpo::DpoArgs>),
+    /// Compare the base model, DreamBooth checkpoints and DPO stages on held-out prompts.
+    Eval(Box<eval::EvalArgs>),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
         Command::ExportLora(args) => export::run(args),
+        Command::Dpo(args) => dpo::run(*args),
+        Command::Eval(args) => eval::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -656,7 +656,7 @@ fn nets_device<B: Backend>(previews: &Previews<B>) -> B::Device {
 
 /// Writes `checkpoints/step-NNNNNN`: the trained weights, the optimizer and the RNG state.
 #[allow(clippy::too_many_arguments)]
-fn save_checkpoint<B, AB, T>(
+pub(crate) fn save_checkpoint<B, AB, T>(
     run: &RunDir,
     step: usize,
     trainable: &T,

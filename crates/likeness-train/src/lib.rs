@@ -8,9 +8,11 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dpo;
 pub mod dpo_loss;
 pub mod dreambooth;
 pub mod error;
+pub mod eval;
 pub mod events;
 pub mod optim;
 pub mod pairs;

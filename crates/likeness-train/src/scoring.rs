@@ -194,12 +194,9 @@ impl<B: Backend> Scorer<B> {
 
 fn embed_batched<B: Backend>(
     images: &[RgbImage],
-    mut f: impl FnMut(&[RgbImage]) -> likeness_models::Result<Tensor<B, 2>>,
+    f: impl FnMut(&[RgbImage]) -> likeness_models::Result<Tensor<B, 2>>,
 ) -> Result<Tensor<B, 2>, ScoreError> {
-    let parts = images
-        .chunks(BATCH)
-        .map(&mut f)
-        .collect::<Result<Vec<_>, _>>()?;
+    let parts = images.chunks(BATCH).map(f).collect::<Result<Vec<_>, _>>()?;
     Ok(Tensor::cat(parts, 0))
 }
 
