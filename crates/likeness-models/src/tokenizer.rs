@@ -285,9 +285,21 @@ impl ClipTokenizer {
                 Some((a.to_string(), b.to_string()))
             })
             .collect();
-        let bytes = bytes_to_unicode();
-        let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
-        tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
+        // CLIP's vocabulary lists the byte characters in `bytes_to_unicode`'s insertion order:
+        // printable bytes first, then the remapped ones.
+        let table = bytes_to_unicode();
+        let printable = |b: usize| {
+            (usize::from(b'!')..=usize::from(b'~')).contains(&b)
+                || (0xA1..=0xAC).contains(&b)
+                || (0xAE..=0xFF).contains(&b)
+        };
+        let order: Vec<char> = (0..256)
+            .filter(|&b| printable(b))
+            .chain((0..256).filter(|&b| !printable(b)))
+            .map(|b| table[b])
+            .collect();
+        let mut tokens: Vec<String> = order.iter().map(|c| c.to_string()).collect();
+        tokens.extend(order.iter().map(|c| format!("{c}</w>")));
         tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         tokens.push(BOS.to_string());
         tokens.push(EOS.to_string());

@@ -121,3 +121,46 @@ fn missing_files_is_an_error() {
     let err = ClipTokenizer::from_dir(Path::new("/nonexistent/tokenizer")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/tokenizer"), "{err}");
 }
+
+/// The tokenizer built from the bundled BPE equals the fixture's transformers tokenizer id for id:
+/// the same vocabulary (in CLIP's order) and the same encodings, for SD1 and SD2 padding.
+#[test]
+fn bundled_bpe_equals_the_real_clip_tokenizer() {
+    use likeness_models::presets::bundled_tokenizer;
+    use likeness_models::single_file::Family;
+    let dir = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/data"
+    ));
+    let vocab: std::collections::HashMap<String, u32> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer/vocab.json")).unwrap())
+            .unwrap();
+    let sd1 = bundled_tokenizer(Family::Sd1).unwrap();
+    assert_eq!(sd1.vocab_size(), vocab.len());
+    for (token, id) in &vocab {
+        assert_eq!(sd1.token_id(token), Some(*id), "token {token:?}");
+    }
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_cases.json")).unwrap())
+            .unwrap();
+    let sd2 = bundled_tokenizer(Family::Sd2).unwrap();
+    for c in &cases {
+        let tok = if c["tokenizer"] == "tokenizer_sd2" {
+            &sd2
+        } else {
+            &sd1
+        };
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode(c["text"].as_str().unwrap()),
+            want,
+            "{}",
+            c["text"]
+        );
+    }
+}
