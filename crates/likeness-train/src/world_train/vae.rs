@@ -37,7 +37,7 @@ pub const VAE_FILE: &str = "vae.safetensors";
 /// The diffusers weight file name inside `vae/`.
 pub const VAE_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 /// The dataset seed offset of the held-out pictures (never trained on).
-const HELD_OUT_SEED: u64 = 0x5eed_0f_4e1d_0u64;
+const HELD_OUT_SEED: u64 = 0x5eed_0f4e_1d00_0000u64;
 
 /// Settings of a VAE run; stored in the run's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
