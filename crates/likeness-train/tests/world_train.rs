@@ -125,3 +125,43 @@ fn vae_trains_resumes_and_writes_a_diffusers_folder() {
     assert!(diff < 1e-4, "resumed losses differ by {diff}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn clip_contrastive_loss_falls_and_the_folder_loads() {
+    use likeness_models::clip_model::{ClipModel, cosine};
+    use likeness_train::world_train::clip::{clip_batch, train_clip_steps};
+    let spec = WorldModelSpec {
+        image_size: 16,
+        text_hidden: 32,
+        text_layers: 2,
+        text_heads: 2,
+        vision_hidden: 32,
+        vision_layers: 2,
+        vision_heads: 2,
+        projection_dim: 32,
+        ..WorldModelSpec::default()
+    };
+    let device = Default::default();
+    let (clip, losses) = train_clip_steps::<B>(&spec, 60, 8, 3e-3, 3, Some(32), &device).unwrap();
+    let head: f32 = losses[..10].iter().sum::<f32>() / 10.0;
+    let tail: f32 = losses[50..].iter().sum::<f32>() / 10.0;
+    eprintln!("CLIP loss first 10 {head:.4}, last 10 {tail:.4} (chance ln 8 = 2.079)");
+    assert!(tail < 0.5 * head, "contrastive loss fell: {head} -> {tail}");
+
+    let dir = std::env::temp_dir().join(format!("likeness-world-clip-{}", std::process::id()));
+    clip.save_dir(&spec, &dir).unwrap();
+    let loaded = ClipModel::<B>::from_dir(&dir, &device).expect("CLIP folder loads");
+    let scale: f32 = clip.logit_scale.val().into_scalar();
+    assert!((loaded.logit_scale - scale).abs() < 1e-6);
+    let tokenizer = likeness_train::world_train::world_tokenizer().unwrap();
+    let (pixels, ids) = clip_batch::<B>(&spec, &tokenizer, 99, &[0, 1, 2, 3], &device).unwrap();
+    let (img, txt) = clip.embeddings(pixels.clone(), ids.clone()).unwrap();
+    let ours = img.matmul(txt.transpose());
+    let theirs = cosine(
+        loaded.image_embeds(pixels).unwrap(),
+        loaded.text_embeds(ids).unwrap(),
+    );
+    let diff: f32 = (ours - theirs).abs().max().into_scalar();
+    assert!(diff < 1e-5, "loaded CLIP differs by {diff}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,11 +5,13 @@
 //! [`WorldModelSpec`] fixes their sizes and writes their `config.json` files; [`vae`] trains the
 //! autoencoder.
 
+pub mod clip;
 pub mod vae;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use clip::{WorldClip, world_tokenizer};
 pub use vae::{VaeTrainConfig, train_vae};
 
 /// The diffusers version the written configs claim (the one the fixtures are pinned to).
@@ -32,7 +34,7 @@ pub struct WorldModelSpec {
     pub text_hidden: usize,
     pub text_layers: usize,
     pub text_heads: usize,
-    /// Longest tokenised caption, BOS and EOS included.
+    /// Longest tokenised caption, BOS and EOS included (77, the bundled CLIP tokenizer's length).
     pub max_text_tokens: usize,
     /// CLIP vision tower width, depth, heads and patch side.
     pub vision_hidden: usize,
@@ -59,7 +61,7 @@ impl Default for WorldModelSpec {
             text_hidden: 64,
             text_layers: 4,
             text_heads: 4,
-            max_text_tokens: 32,
+            max_text_tokens: 77,
             vision_hidden: 64,
             vision_layers: 4,
             vision_heads: 4,
@@ -195,6 +197,25 @@ impl WorldModelSpec {
             "vision_config": self.vision_config(),
             "torch_dtype": "float32",
             "transformers_version": TRANSFORMERS_VERSION,
+        })
+    }
+
+    /// transformers `preprocessor_config.json`: `CLIPImageProcessor` at `image_size`, OpenAI
+    /// mean and std.
+    pub fn preprocessor_config(&self) -> Value {
+        json!({
+            "image_processor_type": "CLIPImageProcessor",
+            "do_convert_rgb": true,
+            "do_resize": true,
+            "size": {"shortest_edge": self.image_size},
+            "resample": 3,
+            "do_center_crop": true,
+            "crop_size": {"height": self.image_size, "width": self.image_size},
+            "do_rescale": true,
+            "rescale_factor": 1.0 / 255.0,
+            "do_normalize": true,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
         })
     }
 }
