@@ -6,6 +6,7 @@
 //! autoencoder.
 
 pub mod clip;
+mod run;
 pub mod vae;
 
 use serde::{Deserialize, Serialize};

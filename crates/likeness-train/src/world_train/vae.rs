@@ -4,14 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicBool;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
 use likeness_models::png_meta::write_atomic;
 use likeness_models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use likeness_models::weights::{VarBuilder, WeightStore};
@@ -20,16 +18,12 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::WorldModelSpec;
-use crate::checkpoint::{
-    CheckpointState, CheckpointWriter, OPTIMIZER_FILE, RngState, TensorFile, latest_checkpoint,
-    read_state, remove_partial,
-};
+use super::run::{OpenedRun, Plan, finish, open_run, train_loop};
 use crate::data::to_signed_chw;
 use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
-use crate::optim::{AdamW, AdamWConfig, FlatGrads, require_grad_all};
-use crate::run_dir::{LossRecord, RunDir};
-use crate::trainable::{load_by_path, weights_by_path};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::trainable::weights_by_path;
 use crate::world::{WorldSpec, dataset_item, render};
 
 /// The VAE weights of a checkpoint, with diffusers' key names.
@@ -111,14 +105,6 @@ impl VaeTrainConfig {
     }
 }
 
-/// `config.json` of a VAE run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct VaeRunConfig {
-    trainer: String,
-    likeness_version: String,
-    vae: VaeTrainConfig,
-}
-
 /// The `vae/` folder a finished run writes.
 pub fn vae_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("vae")
@@ -184,93 +170,33 @@ fn run<B: Backend>(
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
     type AB<B> = Autodiff<B>;
-    let (run, config, resume) = if run_dir.join("config.json").is_file() {
-        let run = RunDir::open(run_dir)?;
-        let saved: VaeRunConfig = run.read_config()?;
-        if saved.trainer != "world-vae" {
-            return Err(TrainError::io(
-                run.config_path(),
-                format!("a `{}` run, not a world VAE run", saved.trainer),
-            ));
-        }
-        for p in remove_partial(&run)? {
-            tracing::warn!("{}: removed an unfinished checkpoint", p.display());
-        }
-        let resume = latest_checkpoint(&run)?;
-        let config = VaeTrainConfig {
+    let OpenedRun {
+        run,
+        settings: config,
+        resume,
+    } = open_run(run_dir, "world-vae", config, |saved: VaeTrainConfig| {
+        VaeTrainConfig {
             steps: config.steps,
-            ..saved.vae
-        };
-        (run, config, resume)
-    } else {
-        (RunDir::create(run_dir)?, config.clone(), None)
-    };
-    config.validate()?;
-    run.write_config(&VaeRunConfig {
-        trainer: "world-vae".into(),
-        likeness_version: env!("CARGO_PKG_VERSION").into(),
-        vae: config.clone(),
-    })?;
-    run.truncate_losses(resume.as_ref().map_or(0, |(s, _)| *s))?;
-
-    let model_cfg = model_config_for(&config, &run)?;
-    let vb = VarBuilder::<AB<B>>::new(Arc::new(WeightStore::random(config.seed)), device);
-    let mut vae = AutoencoderKL::load(&vb, &model_cfg)?;
-    let mut optim = AdamW::<B>::new(config.adam);
-    let mut step = 0;
-    let mut last_checkpoint: Option<(usize, PathBuf)> = None;
-    if let Some((_, dir)) = &resume {
-        let state = read_state(dir)?;
-        if state.rng.seed != config.seed {
-            return Err(TrainError::io(
-                dir,
-                format!(
-                    "checkpoint of a run with seed {}, not {}",
-                    state.rng.seed, config.seed
-                ),
-            ));
+            ..saved
         }
-        vae = load_by_path(vae, &dir.join(VAE_FILE))?;
-        let path = dir.join(OPTIMIZER_FILE);
-        optim.load_tensors(&TensorFile::read(&path)?, &path, device)?;
-        step = state.step;
-        last_checkpoint = Some((step, dir.clone()));
-    }
-    let mut vae = require_grad_all(vae);
-
-    events(TrainEvent::Started {
-        run_dir: run.root().to_path_buf(),
-        start_step: step,
-        total_steps: config.steps,
-        photos: 0,
-        skipped: Vec::new(),
-        upscaled: Vec::new(),
-    });
-    let mut losses = Vec::new();
+    })?;
+    config.validate()?;
+    let model_cfg = config.model_config(&run.config_path())?;
+    let vb = VarBuilder::<AB<B>>::new(Arc::new(WeightStore::random(config.seed)), device);
+    let vae = AutoencoderKL::load(&vb, &model_cfg)?;
+    let plan = Plan {
+        steps: config.steps,
+        lr: config.lr,
+        seed: config.seed,
+        checkpoint_every: config.checkpoint_every,
+        weights_file: VAE_FILE,
+    };
     let size = config.spec.image_size;
     let latent = config.spec.latent_size();
     let lc = config.spec.latent_channels;
-    while step < config.steps {
-        if cancel.load(Ordering::SeqCst) {
-            let path = match &last_checkpoint {
-                Some((s, p)) if *s == step => p.clone(),
-                _ => save(&run, step, &vae, &optim, &config, None, config.lr)?,
-            };
-            events(TrainEvent::Finished {
-                step,
-                cancelled: true,
-                checkpoint: Some(path.clone()),
-            });
-            return Ok(TrainOutcome {
-                step,
-                cancelled: true,
-                checkpoint: Some(path),
-                losses,
-            });
-        }
-        let began = Instant::now();
-        // Pictures and noise of a step depend on (seed, step) only, so a resumed run sees
-        // exactly what the uninterrupted one would have.
+    // Pictures and noise of a step depend on (seed, step) only, so a resumed run sees exactly
+    // what the uninterrupted one would have.
+    let loss_at = |vae: &AutoencoderKL<AB<B>>, step: usize| {
         let images = world_images::<AB<B>>(
             config.seed,
             (step * config.batch) as u64,
@@ -287,66 +213,27 @@ fn run<B: Backend>(
             ),
             device,
         );
-        let loss = vae_loss(&vae, images, noise, config.kl_weight);
-        let value: f32 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                value,
-                last_checkpoint: last_checkpoint.map(|(_, p)| p),
-            });
-        }
-        let grads = FlatGrads::from_loss(loss, &vae);
-        vae = optim.step(config.lr, vae, grads);
-        step += 1;
-        let secs = began.elapsed().as_secs_f64();
-        losses.push(value);
-        run.append_loss(&LossRecord {
-            step,
-            loss: value,
-            lr: config.lr,
-            time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            step_secs: secs,
-        })?;
-        events(TrainEvent::Step {
-            step,
-            loss: value,
-            lr: config.lr,
-            secs,
+        Ok(vae_loss(vae, images, noise, config.kl_weight))
+    };
+    let (vae, outcome) = train_loop(
+        &run,
+        &plan,
+        vae,
+        AdamW::<B>::new(config.adam),
+        resume,
+        device,
+        loss_at,
+        events,
+        cancel,
+    )?;
+    if !outcome.cancelled {
+        events(TrainEvent::Status {
+            message: format!("writing {}", vae_dir(run.root()).display()),
         });
-        let last = step == config.steps;
-        if last || (config.checkpoint_every > 0 && step.is_multiple_of(config.checkpoint_every)) {
-            let path = save(&run, step, &vae, &optim, &config, Some(value), config.lr)?;
-            events(TrainEvent::Checkpoint {
-                step,
-                path: path.clone(),
-            });
-            last_checkpoint = Some((step, path));
-        }
+        write_vae_dir(&vae.valid(), &config, &vae_dir(run.root()))?;
     }
-    events(TrainEvent::Status {
-        message: format!("writing {}", vae_dir(run.root()).display()),
-    });
-    write_vae_dir(&vae.valid(), &config, &vae_dir(run.root()))?;
-    let checkpoint = last_checkpoint.map(|(_, p)| p);
-    events(TrainEvent::Finished {
-        step,
-        cancelled: false,
-        checkpoint: checkpoint.clone(),
-    });
-    Ok(TrainOutcome {
-        step,
-        cancelled: false,
-        checkpoint,
-        losses,
-    })
-}
-
-fn model_config_for(config: &VaeTrainConfig, run: &RunDir) -> Result<AutoencoderKLConfig> {
-    config.model_config(&run.config_path())
+    finish(&outcome, events);
+    Ok(outcome)
 }
 
 /// MSE of the decoded posterior sample plus `kl_weight` × KL(posterior ‖ N(0, 1)) summed over
@@ -366,34 +253,6 @@ pub fn vae_loss<B: Backend>(
     let kl = (posterior.mean.clone().powi_scalar(2) + var - 1.0 - posterior.logvar.clone()).sum()
         * (0.5 / n as f64);
     mse + kl * kl_weight
-}
-
-fn save<AB: AutodiffBackend>(
-    run: &RunDir,
-    step: usize,
-    vae: &AutoencoderKL<AB>,
-    optim: &AdamW<AB::InnerBackend>,
-    config: &VaeTrainConfig,
-    loss: Option<f32>,
-    lr: f64,
-) -> Result<PathBuf> {
-    let writer = CheckpointWriter::begin(run, step)?;
-    let mut weights = weights_by_path(&vae.valid())?;
-    weights.metadata.insert("format".into(), "pt".into());
-    weights.write(&writer.dir().join(VAE_FILE))?;
-    optim
-        .to_tensors()?
-        .write(&writer.dir().join(OPTIMIZER_FILE))?;
-    writer.commit(&CheckpointState {
-        step,
-        trainable: "full".into(),
-        rng: RngState {
-            seed: config.seed,
-            steps_drawn: step,
-        },
-        loss,
-        lr,
-    })
 }
 
 /// Writes `dir/config.json` and `dir/diffusion_pytorch_model.safetensors`, with
