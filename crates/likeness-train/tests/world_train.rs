@@ -11,7 +11,7 @@ use likeness_models::vae::{AutoencoderKL, AutoencoderKLConfig};
 use likeness_models::weights::{VarBuilder, WeightStore};
 use likeness_train::events::TrainEvent;
 use likeness_train::world_train::vae::{held_out_images, reconstruction_mse, vae_dir};
-use likeness_train::world_train::{VaeTrainConfig, WorldModelSpec, train_vae};
+use likeness_train::world_train::{VaeTrainConfig, WorldClip, WorldModelSpec, train_vae};
 
 /// A VAE small enough to train a few dozen steps in seconds on a CPU.
 fn tiny_spec() -> WorldModelSpec {
@@ -129,7 +129,8 @@ fn vae_trains_resumes_and_writes_a_diffusers_folder() {
 #[test]
 fn clip_contrastive_loss_falls_and_the_folder_loads() {
     use likeness_models::clip_model::{ClipModel, cosine};
-    use likeness_train::world_train::clip::{clip_batch, train_clip_steps};
+    use likeness_train::world_train::clip::{clip_batch, clip_dir};
+    use likeness_train::world_train::{ClipTrainConfig, train_clip};
     let spec = WorldModelSpec {
         image_size: 16,
         text_hidden: 32,
@@ -142,15 +143,30 @@ fn clip_contrastive_loss_falls_and_the_folder_loads() {
         ..WorldModelSpec::default()
     };
     let device = Default::default();
-    let (clip, losses) = train_clip_steps::<B>(&spec, 60, 8, 3e-3, 3, Some(32), &device).unwrap();
+    let dir = std::env::temp_dir().join(format!("likeness-world-clip-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = ClipTrainConfig {
+        batch: 8,
+        lr: 3e-3,
+        seed: 3,
+        pool: Some(32),
+        checkpoint_every: 0,
+        ..ClipTrainConfig::new(spec.clone(), 60)
+    };
+    let outcome =
+        train_clip::<B>(&config, &dir, &device, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let losses = outcome.losses;
     let head: f32 = losses[..10].iter().sum::<f32>() / 10.0;
     let tail: f32 = losses[50..].iter().sum::<f32>() / 10.0;
     eprintln!("CLIP loss first 10 {head:.4}, last 10 {tail:.4} (chance ln 8 = 2.079)");
     assert!(tail < 0.5 * head, "contrastive loss fell: {head} -> {tail}");
 
-    let dir = std::env::temp_dir().join(format!("likeness-world-clip-{}", std::process::id()));
-    clip.save_dir(&spec, &dir).unwrap();
-    let loaded = ClipModel::<B>::from_dir(&dir, &device).expect("CLIP folder loads");
+    let loaded = ClipModel::<B>::from_dir(&clip_dir(&dir), &device).expect("CLIP folder loads");
+    // The checkpoint holds the same weights under the same keys.
+    let checkpoint = outcome.checkpoint.expect("a final checkpoint");
+    let clip = WorldClip::<B>::random(&spec, 0, &device).unwrap();
+    let clip = likeness_train::trainable::load_by_path(clip, &checkpoint.join("clip.safetensors"))
+        .unwrap();
     let scale: f32 = clip.logit_scale.val().into_scalar();
     assert!((loaded.logit_scale - scale).abs() < 1e-6);
     let tokenizer = likeness_train::world_train::world_tokenizer().unwrap();

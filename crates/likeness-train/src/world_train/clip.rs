@@ -6,13 +6,13 @@
 //! length 77): every caption word is in it, the pipelines already use it, and a folder without
 //! tokenizer files loads with it. Its cost is a 49 408-row token embedding.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::prelude::*;
-use burn::tensor::ElementConversion;
 use burn::tensor::activation::log_softmax;
 use likeness_models::clip_model::{ClipModelConfig, l2_normalize};
 use likeness_models::clip_text::ClipTextTransformer;
@@ -24,10 +24,13 @@ use likeness_models::presets::bundled_tokenizer;
 use likeness_models::single_file::Family;
 use likeness_models::tokenizer::ClipTokenizer;
 use likeness_models::weights::{VarBuilder, WeightStore};
+use serde::{Deserialize, Serialize};
 
 use super::WorldModelSpec;
+use super::run::{OpenedRun, Plan, finish, open_run, train_loop};
 use crate::error::{Result, TrainError};
-use crate::optim::{AdamW, AdamWConfig, FlatGrads, require_grad_all};
+use crate::events::{TrainEvent, TrainOutcome};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::trainable::weights_by_path;
 use crate::world::{WorldSpec, dataset_item, render};
 
@@ -169,49 +172,127 @@ pub fn clip_batch<B: Backend>(
     Ok((pixels, ids))
 }
 
-/// Trains a fresh CLIP for `steps` steps of `batch` pairs with AdamW at `lr` (in memory, no
-/// checkpoints yet); returns the model and every step's loss. Step `k` takes dataset items
-/// `k·batch ..`, modulo `pool` when set (a small pool shows the loss falling within seconds).
-pub fn train_clip_steps<B: Backend>(
-    spec: &WorldModelSpec,
-    steps: usize,
-    batch: usize,
-    lr: f64,
-    seed: u64,
-    pool: Option<usize>,
+/// Settings of a CLIP run; stored in the run's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipTrainConfig {
+    pub spec: WorldModelSpec,
+    /// Optimizer steps in all.
+    pub steps: usize,
+    /// Picture/caption pairs per step (the contrastive negatives).
+    pub batch: usize,
+    pub lr: f64,
+    /// Seeds the initial weights and the data.
+    pub seed: u64,
+    /// Step `k` takes dataset items `k·batch ..`, modulo `pool` when set (a small pool shows the
+    /// loss falling within seconds; real runs leave it unset).
+    pub pool: Option<usize>,
+    /// Steps between checkpoints (0: only the last one).
+    pub checkpoint_every: usize,
+    pub adam: AdamWConfig,
+}
+
+impl ClipTrainConfig {
+    /// Defaults for `spec`: batch 64, lr 5e-4, CLIP's AdamW (β2 0.98, eps 1e-6, decay 0.1).
+    pub fn new(spec: WorldModelSpec, steps: usize) -> Self {
+        Self {
+            spec,
+            steps,
+            batch: 64,
+            lr: 5e-4,
+            seed: 0,
+            pool: None,
+            checkpoint_every: 500,
+            adam: AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.98,
+                eps: 1e-6,
+                weight_decay: 0.1,
+            },
+        }
+    }
+}
+
+/// The CLIP checkpoint weights, with transformers' key names.
+pub const CLIP_FILE: &str = "clip.safetensors";
+
+/// The transformers `CLIPModel` folder a finished CLIP run writes.
+pub fn clip_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("clip")
+}
+
+/// Trains (or, when `run_dir` holds a CLIP run, continues from its latest checkpoint) the
+/// world's CLIP on backend `B` through `Autodiff<B>`, then writes `run_dir/clip/`. On resume
+/// the saved settings are kept except `steps`.
+pub fn train_clip<B: Backend>(
+    config: &ClipTrainConfig,
+    run_dir: &Path,
     device: &B::Device,
-) -> Result<(WorldClip<B>, Vec<f32>)> {
-    if batch < 2 {
+    events: &mut dyn FnMut(TrainEvent),
+    cancel: &AtomicBool,
+) -> Result<TrainOutcome> {
+    let result = run_clip::<B>(config, run_dir, device, events, cancel);
+    if let Err(e) = &result {
+        events(TrainEvent::Error {
+            message: e.to_string(),
+        });
+    }
+    result
+}
+
+fn run_clip<B: Backend>(
+    config: &ClipTrainConfig,
+    run_dir: &Path,
+    device: &B::Device,
+    events: &mut dyn FnMut(TrainEvent),
+    cancel: &AtomicBool,
+) -> Result<TrainOutcome> {
+    if config.batch < 2 {
         return Err(TrainError::Invalid(
             "contrastive training needs at least 2 pairs per batch".into(),
         ));
     }
-    let tokenizer = world_tokenizer()?;
-    let mut clip = require_grad_all(WorldClip::<Autodiff<B>>::random(spec, seed, device)?);
-    let mut optim = AdamW::<B>::new(AdamWConfig {
-        weight_decay: 0.1,
-        eps: 1e-6,
-        beta2: 0.98,
-        ..AdamWConfig::default()
-    });
-    let mut losses = Vec::with_capacity(steps);
-    for step in 0..steps {
-        let indices: Vec<u64> = (step * batch..(step + 1) * batch)
-            .map(|i| pool.map_or(i, |p| i % p.max(1)) as u64)
-            .collect();
-        let (pixels, ids) = clip_batch::<Autodiff<B>>(spec, &tokenizer, seed, &indices, device)?;
-        let loss = clip.contrastive_loss(pixels, ids)?;
-        let value: f32 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                step: step + 1,
-                value,
-                last_checkpoint: None,
-            });
+    let OpenedRun {
+        run,
+        settings: config,
+        resume,
+    } = open_run(run_dir, "world-clip", config, |saved: ClipTrainConfig| {
+        ClipTrainConfig {
+            steps: config.steps,
+            ..saved
         }
-        losses.push(value);
-        let grads = FlatGrads::from_loss(loss, &clip);
-        clip = optim.step(lr, clip, grads);
+    })?;
+    let tokenizer = world_tokenizer()?;
+    let clip = WorldClip::<Autodiff<B>>::random(&config.spec, config.seed, device)?;
+    let plan = Plan {
+        steps: config.steps,
+        lr: config.lr,
+        seed: config.seed,
+        checkpoint_every: config.checkpoint_every,
+        weights_file: CLIP_FILE,
+    };
+    let batch = config.batch;
+    let loss_at = |clip: &WorldClip<Autodiff<B>>, step: usize| {
+        let indices: Vec<u64> = (step * batch..(step + 1) * batch)
+            .map(|i| config.pool.map_or(i, |p| i % p.max(1)) as u64)
+            .collect();
+        let (pixels, ids) =
+            clip_batch::<Autodiff<B>>(&config.spec, &tokenizer, config.seed, &indices, device)?;
+        clip.contrastive_loss(pixels, ids)
+    };
+    let (clip, outcome) = train_loop(
+        &run,
+        &plan,
+        clip,
+        AdamW::<B>::new(config.adam),
+        resume,
+        device,
+        loss_at,
+        events,
+        cancel,
+    )?;
+    if !outcome.cancelled {
+        clip.valid().save_dir(&config.spec, &clip_dir(run.root()))?;
     }
-    Ok((clip.valid(), losses))
+    finish(&outcome, events);
+    Ok(outcome)
 }

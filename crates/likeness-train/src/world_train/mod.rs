@@ -3,7 +3,8 @@
 //! transformers CLIP folder that the ordinary loaders read.
 //!
 //! [`WorldModelSpec`] fixes their sizes and writes their `config.json` files; [`vae`] trains the
-//! autoencoder.
+//! autoencoder and [`clip`] the contrastive CLIP, each as a resumable run folder (`config.json`,
+//! `loss.jsonl`, `checkpoints/step-NNNNNN/`) that ends with the model's own folder.
 
 pub mod clip;
 mod run;
@@ -12,7 +13,7 @@ pub mod vae;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use clip::{WorldClip, world_tokenizer};
+pub use clip::{ClipTrainConfig, WorldClip, train_clip, world_tokenizer};
 pub use vae::{VaeTrainConfig, train_vae};
 
 /// The diffusers version the written configs claim (the one the fixtures are pinned to).
