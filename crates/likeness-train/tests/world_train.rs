@@ -181,3 +181,26 @@ fn clip_contrastive_loss_falls_and_the_folder_loads() {
     assert!(diff < 1e-5, "loaded CLIP differs by {diff}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn written_tokenizer_files_match_the_bundled_tokenizer() {
+    use likeness_models::tokenizer::ClipTokenizer;
+    let dir = std::env::temp_dir().join(format!("likeness-world-tok-{}", std::process::id()));
+    likeness_train::world_train::write_tokenizer_files(&dir).unwrap();
+    let written = ClipTokenizer::from_dir(&dir).unwrap();
+    let bundled = likeness_train::world_train::world_tokenizer().unwrap();
+    assert_eq!(written.vocab_size(), bundled.vocab_size());
+    assert_eq!(written.max_length(), 77);
+    for (_, caption) in likeness_train::world::caption_dataset(50, 1, 8) {
+        assert_eq!(
+            written.encode(&caption),
+            bundled.encode(&caption),
+            "{caption}"
+        );
+    }
+    assert_eq!(
+        written.encode("sks creature, on a striped green background!"),
+        bundled.encode("sks creature, on a striped green background!")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

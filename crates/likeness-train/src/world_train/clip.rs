@@ -3,8 +3,8 @@
 //! batch of world pictures and their captions, with a learned temperature.
 //!
 //! The tokenizer is the bundled CLIP BPE (`presets::bundled_tokenizer(Sd1)`, 49 408 tokens,
-//! length 77): every caption word is in it, the pipelines already use it, and a folder without
-//! tokenizer files loads with it. Its cost is a 49 408-row token embedding.
+//! length 77), written into the folder: every caption word is in it and the pipelines already
+//! use it. Its cost is a 49 408-row token embedding.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,8 +115,8 @@ impl<B: Backend> WorldClip<B> {
         Ok((per_text + per_image) * (-0.5 / n as f64))
     }
 
-    /// Writes a transformers `CLIPModel` folder: `config.json`, `model.safetensors` and
-    /// `preprocessor_config.json` (no tokenizer files: the loaders fall back to the bundled BPE).
+    /// Writes a transformers `CLIPModel` folder: `config.json`, `model.safetensors`,
+    /// `preprocessor_config.json` and the tokenizer files.
     pub fn save_dir(&self, spec: &WorldModelSpec, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let mut weights = weights_by_path(self)?;
@@ -125,6 +125,7 @@ impl<B: Backend> WorldClip<B> {
         }
         weights.metadata.insert("format".into(), "pt".into());
         weights.write(&dir.join("model.safetensors"))?;
+        super::write_tokenizer_files(dir)?;
         let vocab = world_tokenizer()?.vocab_size();
         for (name, value) in [
             ("config.json", spec.clip_config(vocab)),
