@@ -2,9 +2,9 @@
 //! `CLIPVisionModel`) trained from random weights with the symmetric contrastive loss over a
 //! batch of world pictures and their captions, with a learned temperature.
 //!
-//! The tokenizer is the bundled CLIP BPE (`presets::bundled_tokenizer(Sd1)`, 49 408 tokens,
-//! length 77), written into the folder: every caption word is in it and the pipelines already
-//! use it. Its cost is a 49 408-row token embedding.
+//! The tokenizer is OpenAI CLIP's BPE from the bundled merges ([`super::tokenizer`], 49 408
+//! tokens, length 77), written into the folder: every caption word is in it and SD pipelines use
+//! it. Its cost is a 49 408-row token embedding.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,24 +20,18 @@ use likeness_models::clip_vision::ClipVisionTransformer;
 use likeness_models::image_preprocess::Preprocessor;
 use likeness_models::nn::Linear;
 use likeness_models::png_meta::write_atomic;
-use likeness_models::presets::bundled_tokenizer;
-use likeness_models::single_file::Family;
 use likeness_models::tokenizer::ClipTokenizer;
 use likeness_models::weights::{VarBuilder, WeightStore};
 use serde::{Deserialize, Serialize};
 
 use super::WorldModelSpec;
 use super::run::{OpenedRun, Plan, finish, open_run, train_loop};
+use super::tokenizer::world_tokenizer;
 use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::trainable::weights_by_path;
 use crate::world::{WorldSpec, dataset_item, render};
-
-/// The tokenizer of the world's CLIP and text encoder.
-pub fn world_tokenizer() -> Result<ClipTokenizer> {
-    Ok(bundled_tokenizer(Family::Sd1)?)
-}
 
 /// A trainable `CLIPModel`; field paths are transformers' weight keys.
 #[derive(Module, Debug)]

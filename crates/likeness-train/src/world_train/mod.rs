@@ -14,8 +14,8 @@ pub mod vae;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use clip::{ClipTrainConfig, WorldClip, train_clip, world_tokenizer};
-pub use tokenizer::write_tokenizer_files;
+pub use clip::{ClipTrainConfig, WorldClip, train_clip};
+pub use tokenizer::{world_tokenizer, write_tokenizer_files};
 pub use vae::{VaeTrainConfig, train_vae};
 
 /// The diffusers version the written configs claim (the one the fixtures are pinned to).

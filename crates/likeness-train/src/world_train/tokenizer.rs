@@ -1,12 +1,16 @@
 //! The world models' tokenizer as transformers `CLIPTokenizer` files, written from the bundled
 //! CLIP BPE so a saved folder carries its own tokenizer (`vocab.json`, `merges.txt`,
-//! `tokenizer_config.json`, `special_tokens_map.json`).
+//! `tokenizer_config.json`, `special_tokens_map.json`), with OpenAI CLIP's token ids.
+//!
+//! Not `presets::bundled_tokenizer`: that numbers the 512 single-byte tokens in byte order
+//! instead of CLIP's (printable bytes first), so e.g. `a` gets 353 instead of CLIP's 320.
 
 use std::io::Read;
 use std::path::Path;
 
 use likeness_models::png_meta::write_atomic;
 use likeness_models::presets::CLIP_BPE_GZ;
+use likeness_models::tokenizer::ClipTokenizer;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Result, TrainError};
@@ -16,23 +20,39 @@ const MERGES: usize = 49152 - 256 - 2;
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
-/// GPT-2's reversible byte → printable character table, as CLIP's tokenizer builds it.
+/// GPT-2's byte → printable character table in CLIP's vocabulary order: the printable bytes
+/// first (`!` is token 0, `a` token 64), then the others mapped to 256, 257, …
 fn bytes_to_unicode() -> Vec<char> {
-    let mut table = Vec::with_capacity(256);
-    let mut n = 0u32;
-    for b in 0..256u32 {
-        let printable = (u32::from(b'!')..=u32::from(b'~')).contains(&b)
+    let printable = |b: u32| {
+        (u32::from(b'!')..=u32::from(b'~')).contains(&b)
             || (0xA1..=0xAC).contains(&b)
-            || (0xAE..=0xFF).contains(&b);
-        let c = if printable {
-            b
-        } else {
-            n += 1;
-            256 + n - 1
-        };
-        table.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
-    }
+            || (0xAE..=0xFF).contains(&b)
+    };
+    let mut table: Vec<char> = (0..256u32)
+        .filter(|&b| printable(b))
+        .filter_map(char::from_u32)
+        .collect();
+    table.extend(
+        (0..256u32)
+            .filter(|&b| !printable(b))
+            .enumerate()
+            .filter_map(|(n, _)| char::from_u32(256 + n as u32)),
+    );
     table
+}
+
+/// The world tokenizer, read back from the files [`write_tokenizer_files`] writes (through a
+/// temporary folder, removed again), so training and the saved folders tokenise alike.
+pub fn world_tokenizer() -> Result<ClipTokenizer> {
+    let dir = std::env::temp_dir().join(format!(
+        "likeness-world-tokenizer-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    write_tokenizer_files(&dir)?;
+    let tokenizer = ClipTokenizer::from_dir(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(tokenizer?)
 }
 
 /// Writes the bundled CLIP tokenizer (SD 1.x flavour: pads with `<|endoftext|>`, 77 tokens)
