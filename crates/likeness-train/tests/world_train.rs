@@ -204,3 +204,62 @@ fn written_tokenizer_files_give_openai_clip_ids() {
         );
     }
 }
+
+#[test]
+fn unet_trains_on_the_world_models_and_writes_a_pipeline() {
+    use likeness_models::sd::{LoadOptions, StableDiffusion};
+    use likeness_train::world_train::clip::clip_dir;
+    use likeness_train::world_train::unet::pipeline_dir;
+    use likeness_train::world_train::{ClipTrainConfig, UNetTrainConfig, train_clip, train_unet};
+    let spec = WorldModelSpec {
+        image_size: 16,
+        vae_block_out_channels: vec![8, 16],
+        norm_num_groups: 4,
+        text_hidden: 32,
+        text_layers: 1,
+        text_heads: 2,
+        vision_hidden: 16,
+        vision_layers: 1,
+        vision_heads: 2,
+        projection_dim: 16,
+        unet_block_out_channels: vec![16, 32],
+        unet_attention_head_dim: vec![8, 8],
+        ..WorldModelSpec::default()
+    };
+    let tmp = std::env::temp_dir().join(format!("likeness-world-unet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let device = Default::default();
+    let quiet = AtomicBool::new(false);
+    let vae_run = tmp.join("vae");
+    let mut vae_cfg = VaeTrainConfig::new(spec.clone(), 2);
+    vae_cfg.batch = 2;
+    vae_cfg.held_out = 4;
+    train_vae::<B>(&vae_cfg, &vae_run, &device, &mut |_| {}, &quiet).unwrap();
+    let clip_run = tmp.join("clip");
+    let mut clip_cfg = ClipTrainConfig::new(spec.clone(), 1);
+    clip_cfg.batch = 2;
+    train_clip::<B>(&clip_cfg, &clip_run, &device, &mut |_| {}, &quiet).unwrap();
+
+    let mut config = UNetTrainConfig::new(spec, vae_dir(&vae_run), clip_dir(&clip_run), 60);
+    config.batch = 4;
+    config.lr = 2e-3;
+    config.pool = Some(16);
+    let unet_run = tmp.join("unet");
+    let outcome = train_unet::<B>(&config, &unet_run, &device, &mut |_| {}, &quiet).unwrap();
+    let l = &outcome.losses;
+    let head: f32 = l[..10].iter().sum::<f32>() / 10.0;
+    let tail: f32 = l[50..].iter().sum::<f32>() / 10.0;
+    eprintln!("UNet loss first 10 {head:.4}, last 10 {tail:.4}");
+    assert!(tail < 0.85 * head, "denoising loss fell: {head} -> {tail}");
+
+    let model =
+        StableDiffusion::<B>::load(&pipeline_dir(&unet_run), &LoadOptions::default(), &device)
+            .expect("the pipeline folder loads");
+    assert_eq!(model.native_size(), 16);
+    assert!(
+        model.info.unused_keys.is_empty(),
+        "{:?}",
+        model.info.unused_keys
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}

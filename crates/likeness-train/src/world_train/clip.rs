@@ -118,7 +118,7 @@ impl<B: Backend> WorldClip<B> {
             shape.clear();
         }
         weights.metadata.insert("format".into(), "pt".into());
-        weights.write(&dir.join("model.safetensors"))?;
+        weights.write(&dir.join(CLIP_MODEL_FILE))?;
         super::write_tokenizer_files(dir)?;
         let vocab = world_tokenizer()?.vocab_size();
         for (name, value) in [
@@ -206,6 +206,9 @@ impl ClipTrainConfig {
         }
     }
 }
+
+/// The weight file of a transformers `CLIPModel` folder.
+pub const CLIP_MODEL_FILE: &str = "model.safetensors";
 
 /// The CLIP checkpoint weights, with transformers' key names.
 pub const CLIP_FILE: &str = "clip.safetensors";

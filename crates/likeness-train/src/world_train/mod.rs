@@ -3,12 +3,13 @@
 //! transformers CLIP folder that the ordinary loaders read.
 //!
 //! [`WorldModelSpec`] fixes their sizes and writes their `config.json` files; [`vae`] trains the
-//! autoencoder and [`clip`] the contrastive CLIP, each as a resumable run folder (`config.json`,
+//! autoencoder, [`clip`] the contrastive CLIP and [`unet`] the denoiser on their outputs, each as a resumable run folder (`config.json`,
 //! `loss.jsonl`, `checkpoints/step-NNNNNN/`) that ends with the model's own folder.
 
 pub mod clip;
 mod run;
 pub mod tokenizer;
+pub mod unet;
 pub mod vae;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 
 pub use clip::{ClipTrainConfig, WorldClip, train_clip};
 pub use tokenizer::{world_tokenizer, write_tokenizer_files};
+pub use unet::{UNetTrainConfig, train_unet};
 pub use vae::{VaeTrainConfig, train_vae};
 
 /// The diffusers version the written configs claim (the one the fixtures are pinned to).
