@@ -263,3 +263,38 @@ fn unet_trains_on_the_world_models_and_writes_a_pipeline() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn a_cancelled_vae_run_checkpoints_and_resumes() {
+    let tmp = std::env::temp_dir().join(format!("likeness-world-cancel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut config = tiny_config(3);
+    config.batch = 2;
+    let mut events = Vec::new();
+    let outcome = train_vae::<B>(
+        &config,
+        &tmp,
+        &Default::default(),
+        &mut |e| events.push(e),
+        &AtomicBool::new(true),
+    )
+    .unwrap();
+    assert!(outcome.cancelled);
+    assert_eq!(outcome.step, 0);
+    assert!(outcome.checkpoint.is_some(), "a checkpoint at the cancel");
+    assert!(
+        !vae_dir(&tmp).exists(),
+        "no model folder for a cancelled run"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(TrainEvent::Finished {
+            cancelled: true,
+            ..
+        })
+    ));
+    let done = train(&config, &tmp);
+    assert_eq!((done.step, done.losses.len()), (3, 3));
+    assert!(vae_dir(&tmp).join("config.json").is_file());
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -59,7 +59,7 @@ pub struct UNetTrainConfig {
 }
 
 impl UNetTrainConfig {
-    /// Defaults: batch 32, lr 1e-4·… (3e-4), caption dropout 0.1, AdamW decay 1e-2.
+    /// Defaults: batch 32, lr 3e-4, caption dropout 0.1, PyTorch's AdamW (decay 1e-2).
     pub fn new(spec: WorldModelSpec, vae_dir: PathBuf, clip_dir: PathBuf, steps: usize) -> Self {
         Self {
             spec,
