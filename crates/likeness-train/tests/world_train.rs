@@ -298,3 +298,34 @@ fn a_cancelled_vae_run_checkpoints_and_resumes() {
     assert!(vae_dir(&tmp).join("config.json").is_file());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn world_train_task_dispatches_on_the_cpu() {
+    use likeness_models::device::{DeviceChoice, Precision, dispatch};
+    use likeness_train::world_train::{WorldStage, WorldTrainTask};
+    let tmp = std::env::temp_dir().join(format!("likeness-world-task-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut config = tiny_config(1);
+    config.batch = 2;
+    config.held_out = 2;
+    let mut steps = 0;
+    let outcome = dispatch(
+        DeviceChoice::Cpu,
+        Precision::F32,
+        WorldTrainTask {
+            stage: WorldStage::Vae(config),
+            run_dir: tmp.clone(),
+            events: &mut |e| steps += matches!(e, TrainEvent::Step { .. }) as usize,
+            cancel: Default::default(),
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!((outcome.step, steps), (1, 1));
+    assert!(
+        vae_dir(&tmp)
+            .join(likeness_train::world_train::vae::VAE_WEIGHTS)
+            .is_file()
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}

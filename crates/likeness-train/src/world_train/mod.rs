@@ -225,3 +225,39 @@ impl WorldModelSpec {
         })
     }
 }
+
+/// Which of the world's models a [`WorldTrainTask`] trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorldStage {
+    Vae(VaeTrainConfig),
+    Clip(ClipTrainConfig),
+    UNet(UNetTrainConfig),
+}
+
+/// One world training run for [`likeness_models::device::dispatch`]: the backend (device and
+/// precision) comes from there. Its output is the run's own result.
+pub struct WorldTrainTask<'a> {
+    pub stage: WorldStage,
+    /// The run folder (continued when it already holds a run of the same stage).
+    pub run_dir: std::path::PathBuf,
+    pub events: &'a mut dyn FnMut(crate::events::TrainEvent),
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl likeness_models::device::BackendTask for WorldTrainTask<'_> {
+    type Output = crate::error::Result<crate::events::TrainOutcome>;
+
+    fn run<B: burn::prelude::Backend>(
+        self,
+        device: B::Device,
+        placement: likeness_models::device::Placement,
+    ) -> likeness_models::Result<Self::Output> {
+        tracing::info!("training on {placement}");
+        let (dir, cancel) = (&self.run_dir, &*self.cancel);
+        Ok(match &self.stage {
+            WorldStage::Vae(c) => train_vae::<B>(c, dir, &device, self.events, cancel),
+            WorldStage::Clip(c) => train_clip::<B>(c, dir, &device, self.events, cancel),
+            WorldStage::UNet(c) => train_unet::<B>(c, dir, &device, self.events, cancel),
+        })
+    }
+}
