@@ -22,6 +22,7 @@ pub mod run_dir;
 pub mod scoring;
 pub mod trainable;
 pub mod world;
+pub mod world_train;
 
 pub use error::{Result, TrainError};
 pub use events::{TrainEvent, TrainOutcome};
