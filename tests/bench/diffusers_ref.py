@@ -2,8 +2,10 @@
 weights, printed as the same table so the two can be set side by side.
 
     python tests/bench/diffusers_ref.py --device cpu --size 512 --steps 30 --iters 3
+    python tests/bench/diffusers_ref.py --device cpu --only db-step --size 256 [--gradient-checkpointing]
 
-Needs torch, diffusers==0.35.2, transformers==4.57.1 (tests/fixtures/requirements.txt). No hub
+Needs torch, diffusers==0.35.2, transformers==4.57.1 (tests/fixtures/requirements.txt), and
+peft==0.17.1 for db-step. No hub
 access: every part is built from its public config with random weights.
 """
 
@@ -50,7 +52,9 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--only", default="all", choices=["unet", "generate", "all"])
+    ap.add_argument("--only", default="all", choices=["unet", "generate", "all", "db-step"])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--tokenizer", default="tests/fixtures/data/tokenizer")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -62,6 +66,9 @@ def main():
         label += f" ({torch.cuda.get_device_name()})"
         torch.cuda.reset_peak_memory_stats()
     unet = UNet2DConditionModel(**SD15_UNET).to(dev, dtype).eval()
+    if a.only == "db-step":
+        db_step(a, unet, dtype, label)
+        return
     rows = []
     lat = a.size // 8
     with torch.no_grad():
@@ -96,15 +103,85 @@ def main():
             sync(dev)
             rows.append((f"generate {a.steps} steps (CFG, DPM++ 2M, decode), {a.size}px",
                          [(time.perf_counter() - t0) * 1e3]))
-    print("| benchmark | device | mean ms | min ms | runs |")
-    print("|---|---|---|---|---|")
+    print_rows(a, rows, label)
+
+
+def peak_mib(dev):
+    """Peak memory: allocated CUDA memory on a GPU, else the process's resident high-water mark."""
+    if dev.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def db_step(a, unet, dtype, label):
+    """One DreamBooth LoRA step as train_dreambooth_lora.py takes it, latents given (random,
+    standing in for cached VAE latents): text encoder without grad, noise at random timesteps,
+    UNet with PEFT rank-4 attention LoRA, MSE to the noise, backward, clip 1.0, AdamW."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    dev = a.device
+    # The VAE is loaded as the training script loads it, so peak memory holds the same parts.
+    vae = AutoencoderKL(**SD15_VAE).to(dev, dtype).eval().requires_grad_(False)
+    te = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(dev, dtype).eval().requires_grad_(False)
+    tok = CLIPTokenizer.from_pretrained(a.tokenizer)
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          num_train_timesteps=1000)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.train()
+    if a.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    lat = a.size // 8
+    latents = torch.randn(a.batch, 4, lat, lat, device=dev, dtype=dtype)
+    ids = tok(["a photo of sks dog"] * a.batch, padding="max_length", max_length=77,
+              truncation=True, return_tensors="pt").input_ids.to(dev)
+    times = []
+    for i in range(a.iters + 1):
+        sync(dev)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ctx = te(ids)[0]
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (a.batch,), device=dev).long()
+        noisy = sched.add_noise(latents, noise, t)
+        pred = unet(noisy, t, ctx).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        sync(dev)
+        ms = (time.perf_counter() - t0) * 1e3
+        print(f"db step {i}: {ms:.1f} ms", flush=True)
+        if i > 0:
+            times.append(ms)
+    ck = ", grad ckpt" if a.gradient_checkpointing else ""
+    name = f"DreamBooth LoRA step (r4, text enc + UNet fwd/bwd + AdamW{ck}), batch {a.batch}, {a.size}px"
+    print_rows(a, [(name, times)], label)
+
+
+def print_rows(a, rows, label):
+    peak = peak_mib(a.device)
+    peak_s = "n/a" if peak is None else f"{peak:.0f}"
+    print("| benchmark | device | mean ms | min ms | runs | peak MiB |")
+    print("|---|---|---|---|---|---|")
     out = []
     for name, times in rows:
         mean = sum(times) / len(times)
-        print(f"| {name} | {label} | {mean:.1f} | {min(times):.1f} | {len(times)} |")
-        out.append(dict(name=name, device=label, mean_ms=mean, min_ms=min(times), runs=len(times)))
-    if dev.startswith("cuda"):
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        print(f"| {name} | {label} | {mean:.1f} | {min(times):.1f} | {len(times)} | {peak_s} |")
+        out.append(dict(name=name, device=label, mean_ms=mean, min_ms=min(times), runs=len(times),
+                        peak_mib=peak))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -27,11 +27,18 @@ pub struct BenchArgs {
     /// Timed repetitions of the UNet forward (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
-    /// Which parts: unet, generate, all (those two), or dpo-step (one DreamBooth-DPO
+    /// Which parts: unet, generate, all (those two), dpo-step (one DreamBooth-DPO
     /// optimizer step on one pair: model and reference UNet on winner and loser, backward,
-    /// AdamW on rank-4 attention LoRA).
+    /// AdamW on rank-4 attention LoRA) or db-step (one DreamBooth LoRA step: text encoding,
+    /// noise, UNet forward, MSE, backward, AdamW on rank-4 attention LoRA).
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// Pictures per db-step batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Recompute activations in the db-step backward (Burn's balanced checkpointing).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -44,22 +51,30 @@ struct Row {
     mean_ms: f64,
     min_ms: f64,
     runs: usize,
+    /// The process's peak resident memory (VmHWM) after the row, on CPU only.
+    peak_mib: Option<f64>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if !["unet", "generate", "all", "dpo-step"].contains(&args.only.as_str()) {
-        anyhow::bail!("--only must be unet, generate, all or dpo-step");
+    if !["unet", "generate", "all", "dpo-step", "db-step"].contains(&args.only.as_str()) {
+        anyhow::bail!("--only must be unet, generate, all, dpo-step or db-step");
+    }
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
     }
     let rows = dispatch(
         args.device,
         args.precision,
         BenchTask { args: args.clone() },
     )?;
-    println!("| benchmark | device | mean ms | min ms | runs |");
-    println!("|---|---|---|---|---|");
+    println!("| benchmark | device | mean ms | min ms | runs | peak MiB |");
+    println!("|---|---|---|---|---|---|");
     for r in &rows {
+        let peak = r
+            .peak_mib
+            .map_or_else(|| "n/a".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {} | {peak} |",
             r.name, r.device, r.mean_ms, r.min_ms, r.runs
         );
     }
@@ -97,6 +112,17 @@ impl BackendTask for BenchTask {
         let mut rows = Vec::new();
         if a.only == "dpo-step" {
             rows.push(dpo_step::<B>(&model, &a, &label, &device)?);
+        } else if a.only == "db-step" {
+            use burn::backend::Autodiff;
+            use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+            rows.push(if a.gradient_checkpointing {
+                db_step::<B, Autodiff<B, BalancedCheckpointing>>(&model, &a, &label, &device)?
+            } else {
+                db_step::<B, Autodiff<B>>(&model, &a, &label, &device)?
+            });
+        }
+        if matches!(a.only.as_str(), "dpo-step" | "db-step") {
+            finish_rows(&mut rows, placement);
             return Ok(rows);
         }
         if a.only != "generate" {
@@ -161,8 +187,116 @@ impl BackendTask for BenchTask {
                 &[ms],
             ));
         }
+        finish_rows(&mut rows, placement);
         Ok(rows)
     }
+}
+
+/// Fills in the peak memory column: the process's resident high-water mark on CPU; other
+/// devices' memory is not tracked here.
+fn finish_rows(rows: &mut [Row], placement: Placement) {
+    if placement.device == DeviceChoice::Cpu {
+        let peak = peak_rss_mib();
+        for r in rows {
+            r.peak_mib = peak;
+        }
+    }
+}
+
+/// VmHWM from /proc/self/status in MiB (None where it cannot be read, e.g. off Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// One DreamBooth LoRA step as `train_dreambooth_lora.py` takes it, with the latents given
+/// (random, standing in for cached VAE latents): prompt embeddings from the text encoder without
+/// gradients, noise at random timesteps, UNet forward with rank-4 attention LoRA, MSE to the
+/// noise, backward, global-norm clipping and AdamW.
+fn db_step<B, AB>(
+    model: &StableDiffusion<B>,
+    a: &BenchArgs,
+    label: &str,
+    device: &B::Device,
+) -> likeness_models::Result<Row>
+where
+    B: Backend,
+    AB: burn::tensor::backend::AutodiffBackend<InnerBackend = B>,
+{
+    use burn::module::AutodiffModule;
+    use likeness_models::lora::{self, LoraShape, LoraTargets};
+    use likeness_models::rng::randn;
+    use likeness_models::schedulers::NoiseSchedule;
+    use likeness_models::unet::UNet2DConditionModel;
+    use likeness_train::optim::{AdamW, AdamWConfig, FlatGrads};
+    use rand::{Rng, SeedableRng};
+
+    let shape = LoraShape {
+        rank: 4,
+        alpha: 4.0,
+    };
+    let (mut unet, _) = lora::attach(
+        UNet2DConditionModel::<AB>::from_inner(model.unet.clone()),
+        &LoraTargets::unet_attention(),
+        shape,
+        0,
+    );
+    let schedule = NoiseSchedule::from_config(&model.scheduler_config)?;
+    let ad_device = unet.conv_in.weight.device();
+    let n = a.batch;
+    let dims = [n, 4, a.size / 8, a.size / 8];
+    let numel: usize = dims.iter().product();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let latents =
+        Tensor::<AB, 4>::from_data(TensorData::new(randn(&mut rng, numel), dims), &ad_device);
+    let mut optim = AdamW::<B>::new(AdamWConfig::default());
+    let mut times = Vec::new();
+    for i in 0..=a.iters {
+        let began = Instant::now();
+        let ctx = model.encode_text("a photo of sks dog", 0)?.repeat_dim(0, n);
+        let ctx = Tensor::<AB, 3>::from_inner(ctx);
+        let noise =
+            Tensor::<AB, 4>::from_data(TensorData::new(randn(&mut rng, numel), dims), &ad_device);
+        let timesteps: Vec<usize> = (0..n)
+            .map(|_| rng.random_range(0..schedule.num_train_timesteps()))
+            .collect();
+        let noisy = schedule.add_noise(latents.clone(), noise.clone(), &timesteps)?;
+        let target = schedule.target(latents.clone(), noise, &timesteps)?;
+        let t = Tensor::<AB, 1>::from_data(
+            TensorData::new(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), [n]),
+            &ad_device,
+        );
+        let loss = (unet.forward(noisy, t, ctx) - target).powi_scalar(2).mean();
+        let mut grads = FlatGrads::from_loss(loss, &unet);
+        grads.clip_global_norm(1.0);
+        unet = optim.step(1e-4, unet, grads);
+        // Reading a weight back waits for the step's work to finish.
+        let _ = unet.conv_in.weight.val().inner().into_data();
+        let _ = B::sync(device);
+        let ms = began.elapsed().as_secs_f64() * 1e3;
+        if i > 0 {
+            times.push(ms);
+        }
+        eprintln!(
+            "db step {i}: {ms:.1} ms{}",
+            if i == 0 { " (warm-up)" } else { "" }
+        );
+    }
+    Ok(row(
+        &format!(
+            "DreamBooth LoRA step (r4, text enc + UNet fwd/bwd + AdamW{}), batch {n}, {}px",
+            if a.gradient_checkpointing {
+                ", grad ckpt"
+            } else {
+                ""
+            },
+            a.size
+        ),
+        label,
+        &times,
+    ))
 }
 
 /// One DPO step at the bench size: four UNet passes (model on winner and loser with autodiff,
@@ -242,5 +376,6 @@ fn row(name: &str, device: &str, times: &[f64]) -> Row {
         mean_ms: mean,
         min_ms: min,
         runs: times.len(),
+        peak_mib: None,
     }
 }
