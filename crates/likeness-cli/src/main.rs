@@ -7,6 +7,7 @@ mod eval;
 mod export;
 mod generate;
 mod score;
+mod world;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ enum Command {
     Score(score::ScoreArgs),
     /// Export a run's LoRA in kohya (AUTOMATIC1111, ComfyUI) or diffusers format.
     ExportLora(export::ExportArgs),
+    /// The built-in synthetic world: concept photos, and training its small models.
+    #[command(subcommand)]
+    World(world::WorldCommand),
     /// Rounds of DreamBooth-DPO: generate, score, pair inside the angle window, train.
     Dpo(Box<dpo::DpoArgs>),
     /// Compare the base model, DreamBooth checkpoints and DPO stages on held-out prompts.
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Score(args) => score::run(args),
         Command::ExportLora(args) => export::run(args),
+        Command::World(cmd) => world::run(cmd),
         Command::Dpo(args) => dpo::run(*args),
         Command::Eval(args) => eval::run(*args),
     };

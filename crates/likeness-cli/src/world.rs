@@ -1,0 +1,139 @@
+//! `likeness world`: the built-in synthetic world — its concept photos, and training its small
+//! VAE, CLIP and UNet with Likeness' own trainers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use likeness_models::device::{DeviceChoice, Precision, dispatch};
+use likeness_train::TrainEvent;
+use likeness_train::world::{CONCEPTS, write_concept_photos};
+use likeness_train::world_train::{
+    ClipTrainConfig, UNetTrainConfig, VaeTrainConfig, WorldModelSpec, WorldStage, WorldTrainTask,
+};
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum WorldCommand {
+    /// Write the concept photos of the built-in subjects, as an artist's photos would be.
+    Concepts(ConceptArgs),
+    /// Train the world's VAE, then CLIP, then UNet (resumable: run it again to continue).
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConceptArgs {
+    /// One concept by name (default: all).
+    #[arg(long)]
+    pub concept: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub size: u32,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[arg(long, default_value_t = 3000)]
+    pub vae_steps: usize,
+    #[arg(long, default_value_t = 3000)]
+    pub clip_steps: usize,
+    #[arg(long, default_value_t = 6000)]
+    pub unet_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub quiet: bool,
+    /// Run folder: `vae/`, `clip/` and `unet/` runs, the finished models under each.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: WorldCommand) -> anyhow::Result<()> {
+    match cmd {
+        WorldCommand::Concepts(a) => concepts(a),
+        WorldCommand::Train(a) => train(a),
+    }
+}
+
+fn concepts(a: ConceptArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = match &a.concept {
+        Some(n) => {
+            if !CONCEPTS.iter().any(|c| c.name == n.as_str()) {
+                let known: Vec<&str> = CONCEPTS.iter().map(|c| c.name).collect();
+                bail!("unknown concept `{n}` (known: {})", known.join(", "));
+            }
+            vec![n.as_str()]
+        }
+        None => CONCEPTS.iter().map(|c| c.name).collect(),
+    };
+    for name in names {
+        let dir = a.out.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        write_concept_photos(name, &dir, a.size)?;
+        println!("{}", dir.display());
+    }
+    Ok(())
+}
+
+fn stage(
+    what: &str,
+    stage: WorldStage,
+    run_dir: &Path,
+    a: &TrainArgs,
+    cancel: &Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let quiet = a.quiet;
+    let label = what.to_string();
+    let mut events = move |e: TrainEvent| {
+        if quiet {
+            return;
+        }
+        match e {
+            TrainEvent::Step { step, loss, .. } if step % 50 == 0 || step == 1 => {
+                eprintln!("{label}: step {step} loss {loss:.4}")
+            }
+            TrainEvent::Error { message } => eprintln!("{label}: {message}"),
+            _ => {}
+        }
+    };
+    let outcome = dispatch(
+        a.device,
+        Precision::F32,
+        WorldTrainTask {
+            stage,
+            run_dir: run_dir.to_path_buf(),
+            events: &mut events,
+            cancel: cancel.clone(),
+        },
+    )??;
+    tracing::info!("{what}: {outcome:?}");
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let spec = WorldModelSpec::default();
+    let (vae_run, clip_run, unet_run) = (a.out.join("vae"), a.out.join("clip"), a.out.join("unet"));
+    let mut vae = VaeTrainConfig::new(spec.clone(), a.vae_steps);
+    vae.seed = a.seed;
+    stage("vae", WorldStage::Vae(vae), &vae_run, &a, &cancel)?;
+    let mut clip = ClipTrainConfig::new(spec.clone(), a.clip_steps);
+    clip.seed = a.seed;
+    stage("clip", WorldStage::Clip(clip), &clip_run, &a, &cancel)?;
+    let mut unet = UNetTrainConfig::new(
+        spec,
+        vae_run.join("vae"),
+        clip_run.join("clip"),
+        a.unet_steps,
+    );
+    unet.seed = a.seed;
+    stage("unet", WorldStage::UNet(unet), &unet_run, &a, &cancel)?;
+    println!("{}", unet_run.join("pipeline").display());
+    println!("{}", clip_run.join("clip").display());
+    Ok(())
+}
