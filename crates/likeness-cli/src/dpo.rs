@@ -2,10 +2,8 @@
 //! score, pair inside the angle window, train — with checkpoints and resume.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use likeness_models::device::{DeviceChoice, Precision, dispatch};
 use likeness_train::TrainEvent;
@@ -192,18 +190,7 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: finish the step and checkpoint; second: leave at once.
-        ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping: writing a checkpoint (Ctrl-C again to quit at once)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let cancel = crate::interrupt::checkpointing_ctrl_c()?;
     let mut on_event = report(args.quiet);
     let outcome = dispatch(
         args.device,

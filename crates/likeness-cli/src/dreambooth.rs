@@ -2,8 +2,6 @@
 //! fine-tune), with checkpoints, preview galleries and resume.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -296,18 +294,7 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
             run_dir.clone()
         }
     };
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: finish the step and checkpoint; second: leave at once.
-        ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping: writing a checkpoint (Ctrl-C again to quit at once)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let cancel = crate::interrupt::checkpointing_ctrl_c()?;
     let mut terminal = Terminal {
         bar: None,
         quiet: args.quiet,

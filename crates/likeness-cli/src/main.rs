@@ -6,6 +6,7 @@ mod dreambooth;
 mod eval;
 mod export;
 mod generate;
+mod interrupt;
 mod score;
 mod world;
 

@@ -50,7 +50,7 @@ pub struct StableDiffusion<B: Backend> {
 }
 
 /// Picks the safetensors file of a diffusers part: plain, then `.fp16` variant.
-fn part_weights(dir: &Path, stem: &str) -> Result<PathBuf> {
+pub(crate) fn part_weights(dir: &Path, stem: &str) -> Result<PathBuf> {
     for name in [
         format!("{stem}.safetensors"),
         format!("{stem}.fp16.safetensors"),

@@ -87,6 +87,52 @@ impl TokenSpec {
     }
 }
 
+/// CLIP's vocabulary (tokens in id order) and merges, as OpenAI CLIP derives them from its
+/// gzipped merges file.
+#[derive(Debug, Clone)]
+pub struct ClipBpe {
+    pub tokens: Vec<String>,
+    pub merges: Vec<(String, String)>,
+}
+
+/// Decodes OpenAI's `bpe_simple_vocab_16e6.txt.gz` into CLIP's vocabulary and merges.
+pub fn clip_bpe_from_gz(gz: &[u8]) -> Result<ClipBpe> {
+    use std::io::Read;
+    let origin = Path::new("<bundled CLIP BPE>");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut text)
+        .map_err(|e| ModelError::io(origin, e))?;
+    let merges: Vec<(String, String)> = text
+        .split('\n')
+        .skip(1)
+        .take(MAX_MERGES)
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.to_string(), b.to_string()))
+        })
+        .collect();
+    // CLIP lists the byte characters in `bytes_to_unicode`'s insertion order: printable bytes
+    // first, then the remapped ones.
+    let table = bytes_to_unicode();
+    let printable = |b: usize| {
+        (usize::from(b'!')..=usize::from(b'~')).contains(&b)
+            || (0xA1..=0xAC).contains(&b)
+            || (0xAE..=0xFF).contains(&b)
+    };
+    let order: Vec<char> = (0..256)
+        .filter(|&b| printable(b))
+        .chain((0..256).filter(|&b| !printable(b)))
+        .map(|b| table[b])
+        .collect();
+    let mut tokens: Vec<String> = order.iter().map(|c| c.to_string()).collect();
+    tokens.extend(order.iter().map(|c| format!("{c}</w>")));
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.push(BOS.to_string());
+    tokens.push(EOS.to_string());
+    Ok(ClipBpe { tokens, merges })
+}
+
 /// CLIP's BPE tokenizer; see the module docs for the exact pipeline.
 pub struct ClipTokenizer {
     encoder: HashMap<String, u32>,
@@ -270,39 +316,8 @@ impl ClipTokenizer {
     /// Builds the tokenizer from OpenAI's gzipped BPE merges (the vocabulary is derived from them
     /// as CLIP defines it), with the given pad token and length.
     pub fn from_bpe_gz(gz: &[u8], pad_token: &str, max_length: usize) -> Result<Self> {
-        use std::io::Read;
         let origin = Path::new("<bundled CLIP BPE>");
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(gz)
-            .read_to_string(&mut text)
-            .map_err(|e| ModelError::io(origin, e))?;
-        let merges: Vec<(String, String)> = text
-            .split('\n')
-            .skip(1)
-            .take(MAX_MERGES)
-            .filter_map(|l| {
-                let (a, b) = l.split_once(' ')?;
-                Some((a.to_string(), b.to_string()))
-            })
-            .collect();
-        // CLIP's vocabulary lists the byte characters in `bytes_to_unicode`'s insertion order:
-        // printable bytes first, then the remapped ones.
-        let table = bytes_to_unicode();
-        let printable = |b: usize| {
-            (usize::from(b'!')..=usize::from(b'~')).contains(&b)
-                || (0xA1..=0xAC).contains(&b)
-                || (0xAE..=0xFF).contains(&b)
-        };
-        let order: Vec<char> = (0..256)
-            .filter(|&b| printable(b))
-            .chain((0..256).filter(|&b| !printable(b)))
-            .map(|b| table[b])
-            .collect();
-        let mut tokens: Vec<String> = order.iter().map(|c| c.to_string()).collect();
-        tokens.extend(order.iter().map(|c| format!("{c}</w>")));
-        tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
-        tokens.push(BOS.to_string());
-        tokens.push(EOS.to_string());
+        let ClipBpe { tokens, merges } = clip_bpe_from_gz(gz)?;
         let vocab = tokens
             .into_iter()
             .enumerate()

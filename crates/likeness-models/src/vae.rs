@@ -4,7 +4,7 @@
 //! Field names follow diffusers 0.35 so a weight key such as
 //! `decoder.up_blocks.0.resnets.1.conv2.weight` reads as a field path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::prelude::*;
@@ -656,7 +656,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// (or its `.fp16` variant). Weights the model has no place for are reported with a warning.
     pub fn load_from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
         let cfg = AutoencoderKLConfig::from_file(&dir.join("config.json"))?;
-        let weights = weights_file(dir)?;
+        let weights = crate::sd::part_weights(dir, "diffusion_pytorch_model")?;
         let store = Arc::new(WeightStore::open(&[weights])?);
         let vb = VarBuilder::new(store.clone(), device);
         let model = Self::load(&vb, &cfg)?;
@@ -710,21 +710,4 @@ impl<B: Backend> AutoencoderKL<B> {
     pub fn latent_channels(&self) -> usize {
         self.config.latent_channels
     }
-}
-
-/// The weights file of a diffusers model folder: full precision first, then the fp16 variant.
-fn weights_file(dir: &Path) -> Result<PathBuf> {
-    [
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-    ]
-    .iter()
-    .map(|name| dir.join(name))
-    .find(|p| p.is_file())
-    .ok_or_else(|| {
-        ModelError::io(
-            dir,
-            "no diffusion_pytorch_model.safetensors or diffusion_pytorch_model.fp16.safetensors",
-        )
-    })
 }

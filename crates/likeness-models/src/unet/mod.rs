@@ -9,7 +9,7 @@ pub mod config;
 pub mod embeddings;
 pub mod resnet;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::prelude::*;
@@ -23,7 +23,7 @@ pub use config::{DownBlockType, PerBlock, UNet2DConditionConfig, UpBlockType};
 pub use embeddings::{TimestepEmbedding, Timesteps, get_timestep_embedding};
 pub use resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::{VarBuilder, WeightStore};
 
@@ -184,7 +184,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     pub fn load_from_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = UNet2DConditionConfig::from_file(dir.join("config.json"))?;
-        let weights = weights_file(dir)?;
+        let weights = crate::sd::part_weights(dir, "diffusion_pytorch_model")?;
         let store = Arc::new(WeightStore::open(std::slice::from_ref(&weights))?);
         let model = Self::load(&VarBuilder::new(store.clone(), device), &cfg)?;
         let unused = store.unused_keys();
@@ -232,22 +232,4 @@ impl<B: Backend> UNet2DConditionModel<B> {
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
-}
-
-/// The safetensors file of a diffusers model folder, preferring the full-precision one.
-fn weights_file(dir: &Path) -> Result<PathBuf> {
-    let candidates = [
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-    ];
-    candidates
-        .iter()
-        .map(|name| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            ModelError::io(
-                dir.join(candidates[0]),
-                "no diffusion_pytorch_model.safetensors (nor .fp16.safetensors) in the folder",
-            )
-        })
 }

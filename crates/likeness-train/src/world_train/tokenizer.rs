@@ -1,80 +1,32 @@
 //! The world models' tokenizer as transformers `CLIPTokenizer` files, written from the bundled
 //! CLIP BPE so a saved folder carries its own tokenizer (`vocab.json`, `merges.txt`,
 //! `tokenizer_config.json`, `special_tokens_map.json`), with OpenAI CLIP's token ids.
-//!
-//! Not `presets::bundled_tokenizer`: that numbers the 512 single-byte tokens in byte order
-//! instead of CLIP's (printable bytes first), so e.g. `a` gets 353 instead of CLIP's 320.
 
-use std::io::Read;
 use std::path::Path;
 
 use likeness_models::png_meta::write_atomic;
-use likeness_models::presets::CLIP_BPE_GZ;
-use likeness_models::tokenizer::ClipTokenizer;
+use likeness_models::presets::{CLIP_BPE_GZ, bundled_tokenizer};
+use likeness_models::single_file::Family;
+use likeness_models::tokenizer::{ClipTokenizer, clip_bpe_from_gz};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Result, TrainError};
 
-/// Merges CLIP keeps (49 408 tokens = 512 byte tokens + merges + BOS + EOS).
-const MERGES: usize = 49152 - 256 - 2;
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
-/// GPT-2's byte → printable character table in CLIP's vocabulary order: the printable bytes
-/// first (`!` is token 0, `a` token 64), then the others mapped to 256, 257, …
-fn bytes_to_unicode() -> Vec<char> {
-    let printable = |b: u32| {
-        (u32::from(b'!')..=u32::from(b'~')).contains(&b)
-            || (0xA1..=0xAC).contains(&b)
-            || (0xAE..=0xFF).contains(&b)
-    };
-    let mut table: Vec<char> = (0..256u32)
-        .filter(|&b| printable(b))
-        .filter_map(char::from_u32)
-        .collect();
-    table.extend(
-        (0..256u32)
-            .filter(|&b| !printable(b))
-            .enumerate()
-            .filter_map(|(n, _)| char::from_u32(256 + n as u32)),
-    );
-    table
-}
-
-/// The world tokenizer, read back from the files [`write_tokenizer_files`] writes (through a
-/// temporary folder, removed again), so training and the saved folders tokenise alike.
+/// The world tokenizer: the bundled CLIP BPE, SD 1.x flavour (pads with `<|endoftext|>`, 77
+/// tokens) — the one [`write_tokenizer_files`] writes out.
 pub fn world_tokenizer() -> Result<ClipTokenizer> {
-    let dir = std::env::temp_dir().join(format!(
-        "likeness-world-tokenizer-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    write_tokenizer_files(&dir)?;
-    let tokenizer = ClipTokenizer::from_dir(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(tokenizer?)
+    Ok(bundled_tokenizer(Family::Sd1)?)
 }
 
 /// Writes the bundled CLIP tokenizer (SD 1.x flavour: pads with `<|endoftext|>`, 77 tokens)
 /// into `dir`.
 pub fn write_tokenizer_files(dir: &Path) -> Result<()> {
-    let origin = Path::new("<bundled CLIP BPE>");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(CLIP_BPE_GZ)
-        .read_to_string(&mut text)
-        .map_err(|e| TrainError::io(origin, e))?;
-    let merges: Vec<&str> = text
-        .split('\n')
-        .skip(1)
-        .take(MERGES)
-        .filter(|l| l.contains(' '))
-        .collect();
-    let bytes = bytes_to_unicode();
-    let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
-    tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
-    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
-    tokens.push(BOS.to_string());
-    tokens.push(EOS.to_string());
+    let bpe = clip_bpe_from_gz(CLIP_BPE_GZ)?;
+    let tokens = &bpe.tokens;
+    let merges: Vec<String> = bpe.merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
     let vocab: Map<String, Value> = tokens
         .iter()
         .enumerate()
