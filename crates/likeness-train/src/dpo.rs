@@ -293,13 +293,7 @@ pub fn train_dpo<B: Backend>(
     events: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<DpoOutcome> {
-    let result = run_job::<B>(job, device, events, cancel);
-    if let Err(e) = &result {
-        events(TrainEvent::Error {
-            message: e.to_string(),
-        });
-    }
-    result
+    crate::events::with_error_event(run_job::<B>(job, device, events, cancel), events)
 }
 
 fn score_err(e: crate::scoring::ScoreError) -> TrainError {

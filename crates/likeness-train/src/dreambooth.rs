@@ -275,13 +275,7 @@ pub fn train<B: Backend>(
     events: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let result = run_job::<B>(job, device, events, cancel);
-    if let Err(e) = &result {
-        events(TrainEvent::Error {
-            message: e.to_string(),
-        });
-    }
-    result
+    crate::events::with_error_event(run_job::<B>(job, device, events, cancel), events)
 }
 
 /// A run ready to train: its folder, settings and where it continues from.

@@ -68,3 +68,17 @@ pub fn channel_sink(tx: Sender<TrainEvent>) -> impl FnMut(TrainEvent) {
         let _ = tx.send(e);
     }
 }
+
+/// Sends a failed run's error as its last event and hands the result back unchanged, so every
+/// trainer's public entry point reports failures the same way.
+pub fn with_error_event<T>(
+    result: crate::Result<T>,
+    events: &mut dyn FnMut(TrainEvent),
+) -> crate::Result<T> {
+    if let Err(e) = &result {
+        events(TrainEvent::Error {
+            message: e.to_string(),
+        });
+    }
+    result
+}

@@ -228,13 +228,10 @@ pub fn train_clip<B: Backend>(
     events: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let result = run_clip::<B>(config, run_dir, device, events, cancel);
-    if let Err(e) = &result {
-        events(TrainEvent::Error {
-            message: e.to_string(),
-        });
-    }
-    result
+    crate::events::with_error_event(
+        run_clip::<B>(config, run_dir, device, events, cancel),
+        events,
+    )
 }
 
 fn run_clip<B: Backend>(

@@ -91,13 +91,10 @@ pub fn train_unet<B: Backend>(
     events: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let result = run_unet::<B>(config, run_dir, device, events, cancel);
-    if let Err(e) = &result {
-        events(TrainEvent::Error {
-            message: e.to_string(),
-        });
-    }
-    result
+    crate::events::with_error_event(
+        run_unet::<B>(config, run_dir, device, events, cancel),
+        events,
+    )
 }
 
 fn run_unet<B: Backend>(

@@ -153,13 +153,7 @@ pub fn train_vae<B: Backend>(
     events: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let result = run::<B>(config, run_dir, device, events, cancel);
-    if let Err(e) = &result {
-        events(TrainEvent::Error {
-            message: e.to_string(),
-        });
-    }
-    result
+    crate::events::with_error_event(run::<B>(config, run_dir, device, events, cancel), events)
 }
 
 fn run<B: Backend>(
