@@ -1,34 +1,125 @@
 #!/usr/bin/env bash
-# The side-by-side GPU benchmark, for the device machine: Likeness (a release binary built on the
-# development machine and carried as target/bench/likeness) and diffusers/PyTorch (diffusers and
-# transformers carried as wheels in .whl/), same shapes, same card, one run. Prints both tables.
-#   tests/bench/gpu_bench.sh [f32 bf16 f16]   (precisions of the inference rows; training rows are f32)
-set -euo pipefail
+# The side-by-side GPU benchmark, for a machine with an NVIDIA GPU: Likeness (a release binary built
+# with the `cuda` and `wgpu` features, at target/bench/likeness) and diffusers/PyTorch (diffusers,
+# transformers, peft as wheels in .whl/ when the machine lacks them), same shapes, same card, one
+# invocation. Items run in order of importance, each under its own time limit, until BUDGET seconds
+# (default 500) are spent. Peak GPU memory is nvidia-smi's used memory sampled every 100 ms while
+# an item runs (the same meter for both sides; it includes the CUDA context).
+#   BUDGET=500 tests/bench/gpu_bench.sh
+# Writes $OUT (default /tmp/likeness-bench): summary.md (one table) and logs.tar.gz.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
 out="${OUT:-/tmp/likeness-bench}"
-mkdir -p "$out"
+logs="$out/logs"
+mkdir -p "$logs"
+budget="${BUDGET:-500}"
+start=$(date +%s)
+bin=target/bench/likeness
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-precisions=("$@")
-[ "${#precisions[@]}" -eq 0 ] && precisions=(f32 bf16)
-for p in "${precisions[@]}"; do
-  echo "== likeness, $p"
-  target/bench/likeness bench --device cuda --precision "$p" --json "$out/likeness-$p.json" || echo "likeness $p failed"
-  echo "== diffusers, $p"
-  python3 tests/bench/diffusers_ref.py --device cuda --precision "$p" --json "$out/diffusers-$p.json" || echo "diffusers $p failed"
-done
-# Training steps, f32, 512 px, batch 1: DreamBooth LoRA with and without gradient checkpointing
-# (both sides), then the DPO step (Likeness only; diffusers has no DPO reference here).
-for ck in "" "--gradient-checkpointing"; do
-  tag="db-step${ck:+-ckpt}"
-  echo "== likeness, $tag"
-  target/bench/likeness bench --device cuda --only db-step --size 512 --batch 1 --iters 3 $ck --json "$out/likeness-$tag.json" || echo "likeness $tag failed"
-  echo "== diffusers, $tag"
-  python3 tests/bench/diffusers_ref.py --device cuda --only db-step --size 512 --batch 1 --iters 3 $ck --json "$out/diffusers-$tag.json" || echo "diffusers $tag failed"
-done
-echo "== likeness, dpo-step"
-target/bench/likeness bench --device cuda --only dpo-step --size 512 --iters 3 --json "$out/likeness-dpo-step.json" || echo "likeness dpo-step failed"
+# CubeCL: compiled kernels and autotune results cached on disk, so only the first process compiles.
+printf '[compilation]\ncache = "target"\n\n[autotune]\ncache = "target"\n' > cubecl.toml
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)
+base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+summary="$out/summary.md"
+{
+  echo "GPU: $gpu; idle memory used ${base} MiB; $(date -u +%F); $(python3 -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)' 2>&1 | tail -1)"
+  echo
+  echo "| item | side | benchmark | mean ms | min ms | runs | first ms | GPU peak MiB | exit |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+} > "$summary"
+
+# item TAG LIMIT SIDE COMMAND...: runs COMMAND under min(LIMIT, budget left) seconds.
+item() {
+  local tag=$1 limit=$2 side=$3
+  shift 3
+  local left=$((budget - ($(date +%s) - start)))
+  if [ "$left" -lt 25 ]; then
+    echo "| $tag | $side | skipped: budget spent | | | | | | |" >> "$summary"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $tag ($side), limit ${limit}s"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$logs/mem-$tag-$side.txt" 2>/dev/null &
+  local smi=$!
+  local t0
+  t0=$(date +%s.%N)
+  timeout "$limit" "$@" --json "$logs/$tag-$side.json" > "$logs/$tag-$side.log" 2>&1
+  local rc=$?
+  kill "$smi" 2>/dev/null
+  wait "$smi" 2>/dev/null
+  local peak
+  peak=$(sort -n "$logs/mem-$tag-$side.txt" | tail -1)
+  local wall
+  wall=$(python3 -c "import time; print(f'{time.time() - $t0:.0f}')")
+  tail -n 4 "$logs/$tag-$side.log"
+  python3 - "$logs/$tag-$side.json" "$tag" "$side" "$peak" "$rc ($wall s)" >> "$summary" <<'EOF'
+import json, sys
+path, tag, side, peak, rc = sys.argv[1:]
+try:
+    rows = json.load(open(path))
+except Exception:
+    rows = [dict(name="no result", mean_ms=None, min_ms=None, runs=0, first_ms=None)]
+f = lambda v: "" if v is None else f"{v:.1f}"
+for r in rows:
+    print(f"| {tag} | {side} | {r['name']} | {f(r['mean_ms'])} | {f(r['min_ms'])} | {r['runs']} "
+          f"| {f(r.get('first_ms'))} | {peak} | {rc} |")
+EOF
+}
+
+# The built-in world's trainers at GPU batch sizes: 40 steps of each stage, median step time.
+world_probe() {
+  local left=$((budget - ($(date +%s) - start)))
+  if [ "$left" -lt 40 ]; then
+    echo "| world-probe | likeness | skipped: budget spent | | | | | | |" >> "$summary"
+    return
+  fi
+  local limit=100
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== world-probe, limit ${limit}s"
+  rm -rf /tmp/world-probe
+  timeout "$limit" "$bin" world train --device "${DEV:-cuda}" --quiet --vae-steps 40 --clip-steps 40 \
+    --unet-steps 40 --vae-batch 64 --clip-batch 256 --unet-batch 128 --out /tmp/world-probe \
+    > "$logs/world-probe.log" 2>&1
+  local rc=$?
+  tail -n 3 "$logs/world-probe.log"
+  python3 - "$rc" >> "$summary" <<'EOF'
+import json, statistics, sys
+for stage, batch in (("vae", 64), ("clip", 256), ("unet", 128)):
+    try:
+        lines = [json.loads(l) for l in open(f"/tmp/world-probe/{stage}/loss.jsonl")]
+        secs = [l["step_secs"] for l in lines]
+        med = statistics.median(secs[len(secs) // 2:]) * 1e3
+        print(f"| world-probe | likeness | world {stage} step, batch {batch}, 32px | {med:.1f} | "
+              f"{min(secs) * 1e3:.1f} | {len(secs)} | {secs[0] * 1e3:.0f} | | {sys.argv[1]} |")
+    except Exception as e:
+        print(f"| world-probe | likeness | world {stage}: no result ({e}) | | | | | | {sys.argv[1]} |")
+EOF
+}
+
+DEV="${DEV:-cuda}"
+L="$bin bench --device $DEV ${EXTRA:-}"
+P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
+item infer-bf16 90 diffusers $P --precision bf16 --iters 5
+item infer-bf16 150 likeness $L --precision bf16 --iters 5
+item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
+item db-bf16-b1 120 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
+item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
+world_probe
+item infer-f32 60 diffusers $P --precision f32 --iters 5
+item infer-f32 120 likeness $L --precision f32 --iters 5
+item db-f32-b1 60 diffusers $P --precision f32 --only db-step --batch 1 --iters 5
+item db-f32-b1 100 likeness $L --precision f32 --only db-step --batch 1 --iters 5
+item db-bf16-b1-ckpt 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
+item db-bf16-b1-ckpt 100 likeness $L --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
+item db-bf16-b4 60 diffusers $P --precision bf16 --only db-step --batch 4 --iters 3
+item db-bf16-b4 100 likeness $L --precision bf16 --only db-step --batch 4 --iters 3
+item unet-f16 40 diffusers $P --precision f16 --only unet --iters 5
+item unet-f16 100 likeness $L --precision f16 --only unet --iters 5
+item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3
+echo "budget used: $(($(date +%s) - start)) s of $budget" | tee -a "$summary"
+cat "$summary"
+tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"

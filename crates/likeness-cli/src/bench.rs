@@ -51,6 +51,8 @@ struct Row {
     mean_ms: f64,
     min_ms: f64,
     runs: usize,
+    /// The untimed first run (kernel compilation and autotuning included), where there is one.
+    first_ms: Option<f64>,
     /// The process's peak resident memory (VmHWM) after the row, on CPU only.
     peak_mib: Option<f64>,
 }
@@ -67,15 +69,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.precision,
         BenchTask { args: args.clone() },
     )?;
-    println!("| benchmark | device | mean ms | min ms | runs | peak MiB |");
-    println!("|---|---|---|---|---|---|");
+    println!("| benchmark | device | mean ms | min ms | runs | first ms | peak MiB |");
+    println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         let peak = r
             .peak_mib
             .map_or_else(|| "n/a".to_string(), |m| format!("{m:.0}"));
         println!(
-            "| {} | {} | {:.1} | {:.1} | {} | {peak} |",
-            r.name, r.device, r.mean_ms, r.min_ms, r.runs
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {peak} |",
+            r.name,
+            r.device,
+            r.mean_ms,
+            r.min_ms,
+            r.runs,
+            r.first_ms
+                .map_or_else(|| "n/a".to_string(), |m| format!("{m:.0}"))
         );
     }
     if let Some(path) = &args.json {
@@ -143,9 +151,7 @@ impl BackendTask for BenchTask {
                     let out = model.unet.forward(sample.clone(), t.clone(), ctx.clone());
                     let _ = out.into_data();
                 });
-                if i > 0 {
-                    times.push(ms);
-                }
+                times.push(ms);
                 eprintln!(
                     "unet forward {i}: {ms:.1} ms{}",
                     if i == 0 { " (warm-up)" } else { "" }
@@ -170,21 +176,26 @@ impl BackendTask for BenchTask {
                 height: a.size,
                 clip_skip: 0,
             };
-            let ms = time::<B>(&device, || {
-                let mut noise = SeededNoise::new(0, 1);
-                if let Ok(l) =
-                    model.sample(&p, None, &mut noise, &mut |s, n| eprintln!("step {s}/{n}"))
-                {
-                    let _ = model.decode(l).into_data();
-                }
-            });
+            // A two-step warm-up compiles what the timed run needs.
+            let mut times = Vec::new();
+            for steps in [2, a.steps] {
+                let p = GenerateParams { steps, ..p.clone() };
+                times.push(time::<B>(&device, || {
+                    let mut noise = SeededNoise::new(0, 1);
+                    if let Ok(l) =
+                        model.sample(&p, None, &mut noise, &mut |s, n| eprintln!("step {s}/{n}"))
+                    {
+                        let _ = model.decode(l).into_data();
+                    }
+                }));
+            }
             rows.push(row(
                 &format!(
                     "generate {} steps (CFG, DPM++ 2M, decode), {}px",
                     a.steps, a.size
                 ),
                 &label,
-                &[ms],
+                &times,
             ));
         }
         finish_rows(&mut rows, placement);
@@ -276,9 +287,7 @@ where
         let _ = unet.conv_in.weight.val().inner().into_data();
         let _ = B::sync(device);
         let ms = began.elapsed().as_secs_f64() * 1e3;
-        if i > 0 {
-            times.push(ms);
-        }
+        times.push(ms);
         eprintln!(
             "db step {i}: {ms:.1} ms{}",
             if i == 0 { " (warm-up)" } else { "" }
@@ -349,9 +358,7 @@ fn dpo_step<B: Backend>(
         let _ = unet.conv_in.weight.val().inner().into_data();
         let _ = B::sync(device);
         let ms = began.elapsed().as_secs_f64() * 1e3;
-        if i > 0 {
-            times.push(ms);
-        }
+        times.push(ms);
         eprintln!(
             "dpo step {i}: {ms:.1} ms{}",
             if i == 0 { " (warm-up)" } else { "" }
@@ -367,7 +374,12 @@ fn dpo_step<B: Backend>(
     ))
 }
 
-fn row(name: &str, device: &str, times: &[f64]) -> Row {
+/// A row from per-run times, the first of which is the untimed warm-up.
+fn row(name: &str, device: &str, all: &[f64]) -> Row {
+    let (first, times) = match all {
+        [first, rest @ ..] if !rest.is_empty() => (Some(*first), rest),
+        _ => (None, all),
+    };
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     Row {
@@ -376,6 +388,7 @@ fn row(name: &str, device: &str, times: &[f64]) -> Row {
         mean_ms: mean,
         min_ms: min,
         runs: times.len(),
+        first_ms: first,
         peak_mib: None,
     }
 }

@@ -41,6 +41,18 @@ pub struct TrainArgs {
     pub clip_steps: usize,
     #[arg(long, default_value_t = 6000)]
     pub unet_steps: usize,
+    /// Pictures per VAE step (default 8); larger batches suit a GPU.
+    #[arg(long)]
+    pub vae_batch: Option<usize>,
+    /// Caption–picture pairs per CLIP step (default 64).
+    #[arg(long)]
+    pub clip_batch: Option<usize>,
+    /// Pictures per UNet step (default 32).
+    #[arg(long)]
+    pub unet_batch: Option<usize>,
+    /// Multiplies every stage's default learning rate (e.g. 2 with batches twice the default).
+    #[arg(long, default_value_t = 1.0)]
+    pub lr_scale: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "auto")]
@@ -121,9 +133,13 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let (vae_run, clip_run, unet_run) = (a.out.join("vae"), a.out.join("clip"), a.out.join("unet"));
     let mut vae = VaeTrainConfig::new(spec.clone(), a.vae_steps);
     vae.seed = a.seed;
+    vae.batch = a.vae_batch.unwrap_or(vae.batch);
+    vae.lr *= a.lr_scale;
     stage("vae", WorldStage::Vae(vae), &vae_run, &a, &cancel)?;
     let mut clip = ClipTrainConfig::new(spec.clone(), a.clip_steps);
     clip.seed = a.seed;
+    clip.batch = a.clip_batch.unwrap_or(clip.batch);
+    clip.lr *= a.lr_scale;
     stage("clip", WorldStage::Clip(clip), &clip_run, &a, &cancel)?;
     let mut unet = UNetTrainConfig::new(
         spec,
@@ -132,6 +148,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         a.unet_steps,
     );
     unet.seed = a.seed;
+    unet.batch = a.unet_batch.unwrap_or(unet.batch);
+    unet.lr *= a.lr_scale;
     stage("unet", WorldStage::UNet(unet), &unet_run, &a, &cancel)?;
     println!("{}", unet_run.join("pipeline").display());
     println!("{}", clip_run.join("clip").display());

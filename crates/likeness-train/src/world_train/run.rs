@@ -19,7 +19,7 @@ use crate::checkpoint::{
 };
 use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
-use crate::optim::{AdamW, require_grad_all};
+use crate::optim::{AdamW, LrPlan, LrSchedule, require_grad_all};
 use crate::run_dir::{LossRecord, RunDir};
 use crate::trainable::{load_by_path, weights_by_path};
 
@@ -78,6 +78,9 @@ pub(crate) fn open_run<C: Serialize + DeserializeOwned + Clone>(
         resume,
     })
 }
+
+/// The global gradient norm every world update is clipped to.
+const MAX_GRAD_NORM: f64 = 1.0;
 
 /// The step plan of a world run.
 pub(crate) struct Plan {
@@ -138,6 +141,14 @@ where
         upscaled: Vec::new(),
     });
     let mut losses = Vec::new();
+    // Linear warm-up over the first 5% (at most 200 steps), then half a cosine down to zero, and
+    // every update's gradient clipped to global norm 1: the usual recipe for training from scratch.
+    let lr_plan = LrPlan {
+        lr: plan.lr,
+        schedule: LrSchedule::Cosine,
+        warmup_steps: (plan.steps / 20).min(200),
+        total_steps: plan.steps,
+    };
     while step < plan.steps {
         if cancel.load(Ordering::SeqCst) {
             let path = match &last_checkpoint {
@@ -167,15 +178,17 @@ where
                 last_checkpoint: last_checkpoint.map(|(_, p)| p),
             });
         }
-        let grads = crate::optim::FlatGrads::from_loss(loss, &module);
-        module = optim.step(plan.lr, module, grads);
+        let mut grads = crate::optim::FlatGrads::from_loss(loss, &module);
+        grads.clip_global_norm(MAX_GRAD_NORM);
+        let lr = lr_plan.at(step);
+        module = optim.step(lr, module, grads);
         step += 1;
         let secs = began.elapsed().as_secs_f64();
         losses.push(value);
         run.append_loss(&LossRecord {
             step,
             loss: value,
-            lr: plan.lr,
+            lr,
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -185,7 +198,7 @@ where
         events(TrainEvent::Step {
             step,
             loss: value,
-            lr: plan.lr,
+            lr,
             secs,
         });
         let last = step == plan.steps;
