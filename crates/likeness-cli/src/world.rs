@@ -11,7 +11,8 @@ use likeness_models::device::{DeviceChoice, Precision, dispatch};
 use likeness_train::TrainEvent;
 use likeness_train::world::{CONCEPTS, write_concept_photos};
 use likeness_train::world_train::{
-    ClipTrainConfig, UNetTrainConfig, VaeTrainConfig, WorldModelSpec, WorldStage, WorldTrainTask,
+    ClipTrainConfig, QualityConfig, QualityTask, UNetTrainConfig, VaeTrainConfig, WorldModelSpec,
+    WorldStage, WorldTrainTask,
 };
 
 #[derive(Subcommand, Debug, Clone)]
@@ -20,6 +21,44 @@ pub enum WorldCommand {
     Concepts(ConceptArgs),
     /// Train the world's VAE, then CLIP, then UNet (resumable: run it again to continue).
     Train(TrainArgs),
+    /// Copy trained world models into a folder with every weight in f16 (how they are committed).
+    Pack(PackArgs),
+    /// Measure a world model without CLIP: held-out captions, pictures checked from their pixels.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PackArgs {
+    /// The diffusers folder `world train` wrote (`OUT/unet/pipeline`).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// The CLIP folder `world train` wrote (`OUT/clip/clip`).
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// Writes `OUT/world-sd` and `OUT/world-clip` (replacing them).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The world's diffusers folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Held-out captions, one picture each.
+    #[arg(long, default_value_t = 200)]
+    pub pictures: usize,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 4.0)]
+    pub guidance: f64,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub quiet: bool,
+    /// Pictures, `index.jsonl` and `quality.json` go here.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -68,7 +107,93 @@ pub fn run(cmd: WorldCommand) -> anyhow::Result<()> {
     match cmd {
         WorldCommand::Concepts(a) => concepts(a),
         WorldCommand::Train(a) => train(a),
+        WorldCommand::Pack(a) => pack(a),
+        WorldCommand::Check(a) => check(a),
     }
+}
+
+fn pack(a: PackArgs) -> anyhow::Result<()> {
+    for (src, name) in [(&a.pipeline, "world-sd"), (&a.clip, "world-clip")] {
+        if !src.is_dir() {
+            bail!("{}: not a folder", src.display());
+        }
+        let dst = a.out.join(name);
+        let tmp = a.out.join(format!(".{name}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("{}", tmp.display()))?;
+        }
+        copy_as_f16(src, &tmp)?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).with_context(|| format!("{}", dst.display()))?;
+        }
+        std::fs::rename(&tmp, &dst).with_context(|| format!("{}", dst.display()))?;
+        println!("{}", dst.display());
+    }
+    Ok(())
+}
+
+/// Copies a folder tree, storing every `.safetensors` file's tensors as f16.
+fn copy_as_f16(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dst).with_context(|| format!("{}", dst.display()))?;
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .with_context(|| format!("{}", src.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        if from.is_dir() {
+            copy_as_f16(&from, &to)?;
+        } else if from.extension().is_some_and(|e| e == "safetensors") {
+            let file = likeness_train::checkpoint::TensorFile::read(&from)?;
+            let bytes = file.to_bytes_as(safetensors::Dtype::F16)?;
+            likeness_models::png_meta::write_atomic(&to, &bytes)
+                .with_context(|| format!("{}", to.display()))?;
+        } else {
+            std::fs::copy(&from, &to).with_context(|| format!("{}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check(a: CheckArgs) -> anyhow::Result<()> {
+    let mut config = QualityConfig::new(&a.model, &a.out);
+    config.pictures = a.pictures;
+    config.steps = a.steps;
+    config.guidance = a.guidance;
+    let cancel = crate::interrupt::checkpointing_ctrl_c()?;
+    let quiet = a.quiet;
+    let mut events = |e: TrainEvent| {
+        if let TrainEvent::Status { message } = e
+            && !quiet
+        {
+            eprintln!("{message}");
+        }
+    };
+    let report = dispatch(
+        a.device,
+        Precision::F32,
+        QualityTask {
+            config,
+            events: &mut events,
+            cancel,
+        },
+    )??;
+    let Some(r) = report else {
+        bail!("cancelled; run the same command again to continue");
+    };
+    println!("| check | asked scene | chance (another scene) |");
+    println!("|---|---|---|");
+    println!(
+        "| background colour | {:.3} | {:.3} |",
+        r.asked.background, r.chance.background
+    );
+    println!(
+        "| object colour | {:.3} | {:.3} |",
+        r.asked.object_colour, r.chance.object_colour
+    );
+    println!("| both | {:.3} | {:.3} |", r.asked.both, r.chance.both);
+    println!("pictures: {}", r.asked.pictures);
+    Ok(())
 }
 
 fn concepts(a: ConceptArgs) -> anyhow::Result<()> {

@@ -58,6 +58,71 @@ fn concepts_and_a_short_training_chain() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.join("gen/index.jsonl").is_file());
 
+    // Packing stores every tensor in f16 and keeps the folders loadable.
+    let o = likeness()
+        .args(["world", "pack", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--clip")
+        .arg(dir.join("models/clip/clip"))
+        .arg("--out")
+        .arg(dir.join("packed"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for file in [
+        "world-sd/unet/diffusion_pytorch_model.safetensors",
+        "world-sd/vae/diffusion_pytorch_model.safetensors",
+        "world-sd/text_encoder/model.safetensors",
+        "world-clip/model.safetensors",
+    ] {
+        let bytes = std::fs::read(dir.join("packed").join(file)).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8_lossy(&bytes[8..8 + n]).to_string();
+        assert!(
+            header.contains("\"F16\"") && !header.contains("\"F32\""),
+            "{file}"
+        );
+    }
+    assert!(dir.join("packed/world-sd/tokenizer/vocab.json").is_file());
+    assert!(
+        dir.join("packed/world-clip/preprocessor_config.json")
+            .is_file()
+    );
+
+    // The CLIP-free quality check on held-out captions.
+    let o = likeness()
+        .args(["world", "check", "--model"])
+        .arg(dir.join("packed/world-sd"))
+        .args([
+            "--pictures",
+            "4",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+        ])
+        .arg(dir.join("quality"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let q: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("quality/quality.json")).unwrap())
+            .unwrap();
+    for side in ["asked", "chance"] {
+        let rate = q[side]["background"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rate), "{side} {rate}");
+        assert_eq!(q[side]["pictures"], 4);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.join("quality/images"))
+            .unwrap()
+            .count(),
+        5
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("background colour"));
+
     let o = likeness()
         .args(["world", "concepts", "--concept", "nope", "--out"])
         .arg(dir.join("c2"))

@@ -43,20 +43,37 @@ impl TensorFile {
 
     /// Serialises to safetensors bytes (little-endian f32).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let bytes: Vec<(&String, Vec<usize>, Vec<u8>)> = self
-            .tensors
-            .iter()
-            .map(|(k, (s, v))| {
-                (
-                    k,
-                    s.clone(),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
+        self.to_bytes_as(safetensors::Dtype::F32)
+    }
+
+    /// Serialises to safetensors bytes with every tensor stored as `dtype` (F32, F16 or BF16,
+    /// rounded to nearest).
+    pub fn to_bytes_as(&self, dtype: safetensors::Dtype) -> Result<Vec<u8>> {
+        let encode = |v: &[f32]| -> Result<Vec<u8>> {
+            Ok(match dtype {
+                safetensors::Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                safetensors::Dtype::F16 => v
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                safetensors::Dtype::BF16 => v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                other => {
+                    return Err(TrainError::Invalid(format!(
+                        "cannot store tensors as {other:?}"
+                    )));
+                }
             })
-            .collect();
+        };
+        let mut bytes: Vec<(&String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(self.tensors.len());
+        for (k, (s, v)) in &self.tensors {
+            bytes.push((k, s.clone(), encode(v)?));
+        }
         let mut views = Vec::with_capacity(bytes.len());
         for (k, s, b) in &bytes {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+            let view = safetensors::tensor::TensorView::new(dtype, s.clone(), b)
                 .map_err(|e| TrainError::Invalid(format!("tensor {k}: {e}")))?;
             views.push((k.as_str(), view));
         }
