@@ -193,12 +193,16 @@ fn config_from(args: &DreamBoothArgs) -> anyhow::Result<DreamBoothConfig> {
 }
 
 /// The terminal's view of a run: a progress bar with loss, lr, it/s and ETA.
-struct Terminal {
+pub(crate) struct Terminal {
     bar: Option<indicatif::ProgressBar>,
     quiet: bool,
 }
 
 impl Terminal {
+    pub(crate) fn new(quiet: bool) -> Self {
+        Self { bar: None, quiet }
+    }
+
     fn say(&self, line: String) {
         match &self.bar {
             Some(b) => b.println(line),
@@ -207,7 +211,7 @@ impl Terminal {
         }
     }
 
-    fn on(&mut self, event: TrainEvent) {
+    pub(crate) fn on(&mut self, event: TrainEvent) {
         match event {
             TrainEvent::Status { message } => match &self.bar {
                 Some(b) => b.set_message(message),

@@ -1,6 +1,7 @@
 //! `likeness`: the command line over Likeness' core.
 
 mod bench;
+mod demo;
 mod dpo;
 mod dreambooth;
 mod eval;
@@ -44,6 +45,8 @@ enum Command {
     Dpo(Box<dpo::DpoArgs>),
     /// Compare the base model, DreamBooth checkpoints and DPO stages on held-out prompts.
     Eval(Box<eval::EvalArgs>),
+    /// The whole method on the built-in world: DreamBooth, 2 DPO stages, evaluation, report.md.
+    Demo(Box<demo::DemoArgs>),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::World(cmd) => world::run(cmd),
         Command::Dpo(args) => dpo::run(*args),
         Command::Eval(args) => eval::run(*args),
+        Command::Demo(args) => demo::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod demo;
 pub mod dpo;
 pub mod dpo_loss;
 pub mod dreambooth;

@@ -6,6 +6,7 @@ mod caption;
 pub mod check;
 mod concepts;
 mod parse;
+mod prompts;
 mod render;
 mod scene;
 
@@ -21,6 +22,7 @@ pub use concepts::{
     render_concept_scene, write_concept_photos,
 };
 pub use parse::{BackgroundRequest, GroupRequest, ParsedPrompt, parse_caption};
+pub use prompts::{concept_template_split, concept_templates};
 pub use render::{render, render_background};
 pub use scene::{
     Background, Colour, ObjectGroup, Pattern, Placement, Position, Rect, Scene, Shape, Size,

@@ -263,3 +263,46 @@ impl likeness_models::device::BackendTask for WorldTrainTask<'_> {
         })
     }
 }
+
+/// Folder names of the built-in world's models inside a models folder.
+pub const BUILTIN_SD: &str = "world-sd";
+pub const BUILTIN_CLIP: &str = "world-clip";
+
+/// Where the built-in world's models are looked for, in order: `$LIKENESS_MODELS`, `models/`
+/// beside the executable (an installed copy), then the repository's `assets/models` (a build from
+/// source).
+pub fn builtin_model_dirs() -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("LIKENESS_MODELS") {
+        dirs.push(std::path::PathBuf::from(d));
+    }
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
+        dirs.push(exe_dir.join("models"));
+    }
+    dirs.push(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models"));
+    dirs
+}
+
+/// The built-in (diffusers model, CLIP) folders, or an error naming where they were looked for
+/// and how to make them.
+pub fn builtin_models() -> crate::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dirs = builtin_model_dirs();
+    for d in &dirs {
+        let (sd, clip) = (d.join(BUILTIN_SD), d.join(BUILTIN_CLIP));
+        if sd.join("model_index.json").is_file() && clip.join("config.json").is_file() {
+            return Ok((sd, clip));
+        }
+    }
+    Err(crate::TrainError::Invalid(format!(
+        "the built-in world models ({BUILTIN_SD}, {BUILTIN_CLIP}) are not in {}; make them with \
+         `likeness world train --out RUN` then `likeness world pack --pipeline RUN/unet/pipeline \
+         --clip RUN/clip/clip --out assets/models`, or pass --model and --clip",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
