@@ -316,8 +316,14 @@ impl ClipTokenizer {
     /// Builds the tokenizer from OpenAI's gzipped BPE merges (the vocabulary is derived from them
     /// as CLIP defines it), with the given pad token and length.
     pub fn from_bpe_gz(gz: &[u8], pad_token: &str, max_length: usize) -> Result<Self> {
+        Self::from_bpe(clip_bpe_from_gz(gz)?, pad_token, max_length)
+    }
+
+    /// A tokenizer over a vocabulary and merge list in CLIP's layout (ids are positions in
+    /// `tokens`; `<|startoftext|>` and `<|endoftext|>` among them).
+    pub fn from_bpe(bpe: ClipBpe, pad_token: &str, max_length: usize) -> Result<Self> {
         let origin = Path::new("<bundled CLIP BPE>");
-        let ClipBpe { tokens, merges } = clip_bpe_from_gz(gz)?;
+        let ClipBpe { tokens, merges } = bpe;
         let vocab = tokens
             .into_iter()
             .enumerate()

@@ -1,30 +1,144 @@
-//! The world models' tokenizer as transformers `CLIPTokenizer` files, written from the bundled
-//! CLIP BPE so a saved folder carries its own tokenizer (`vocab.json`, `merges.txt`,
-//! `tokenizer_config.json`, `special_tokens_map.json`), with OpenAI CLIP's token ids.
+//! The world models' tokenizer as transformers `CLIPTokenizer` files (`vocab.json`,
+//! `merges.txt`, `tokenizer_config.json`, `special_tokens_map.json`), so a saved folder carries its
+//! own tokenizer.
+//!
+//! It is CLIP's BPE cut down to what the world needs: the 512 byte-level tokens, every merge on the
+//! way to the words of the world's captions and prompts (and common identifier words), and
+//! `<|startoftext|>` / `<|endoftext|>`. Those words tokenize exactly as with the full CLIP BPE
+//! (BPE picks the lowest-ranked merge present; every merge of their path is kept), any other word
+//! falls back to smaller pieces, and the text towers' embedding tables shrink from 49 408 rows to
+//! about a thousand — most of the built-in models' size.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use likeness_models::png_meta::write_atomic;
-use likeness_models::presets::{CLIP_BPE_GZ, bundled_tokenizer};
-use likeness_models::single_file::Family;
-use likeness_models::tokenizer::{ClipTokenizer, clip_bpe_from_gz};
+use likeness_models::presets::CLIP_BPE_GZ;
+use likeness_models::tokenizer::{ClipBpe, ClipTokenizer, clip_bpe_from_gz};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Result, TrainError};
+use crate::world::{CONCEPTS, caption_vocabulary, concept_templates};
 
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
-/// The world tokenizer: the bundled CLIP BPE, SD 1.x flavour (pads with `<|endoftext|>`, 77
-/// tokens) — the one [`write_tokenizer_files`] writes out.
-pub fn world_tokenizer() -> Result<ClipTokenizer> {
-    Ok(bundled_tokenizer(Family::Sd1)?)
+/// Byte-level tokens at the head of CLIP's vocabulary: each byte, alone and word-final.
+const BYTE_TOKENS: usize = 512;
+
+/// Identifier words used for subjects (DreamBooth's rare tokens).
+const IDENTIFIERS: [&str; 6] = ["sks", "ohwx", "zwx", "xjy", "tok", "skx"];
+
+/// Prompt words beyond the caption grammar that should stay whole tokens.
+const PROMPT_WORDS: [&str; 14] = [
+    "a",
+    "an",
+    "the",
+    "photo",
+    "picture",
+    "drawing",
+    "of",
+    "creature",
+    "with",
+    "and",
+    "in",
+    "on",
+    "at",
+    "background",
+];
+
+/// The words whose tokenization the world BPE keeps identical to CLIP's.
+pub fn world_words() -> BTreeSet<String> {
+    let mut texts: Vec<String> = caption_vocabulary().into_iter().collect();
+    for c in &CONCEPTS {
+        texts.extend(concept_templates(c));
+        texts.push(c.class_noun.to_string());
+        texts.push(c.description.to_string());
+    }
+    texts.extend(IDENTIFIERS.iter().map(|s| s.to_string()));
+    texts.extend(PROMPT_WORDS.iter().map(|s| s.to_string()));
+    texts
+        .iter()
+        .flat_map(|t| {
+            t.split(|c: char| !c.is_ascii_alphabetic())
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
 }
 
-/// Writes the bundled CLIP tokenizer (SD 1.x flavour: pads with `<|endoftext|>`, 77 tokens)
-/// into `dir`.
+/// The ranks of the merges BPE applies to `word` (ASCII letters) under `ranks`.
+fn merge_path(word: &str, ranks: &HashMap<(&str, &str), usize>) -> Vec<usize> {
+    let n = word.len();
+    let mut symbols: Vec<String> = word
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i + 1 == n {
+                format!("{c}</w>")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    let mut path = Vec::new();
+    loop {
+        let best = symbols
+            .windows(2)
+            .filter_map(|p| ranks.get(&(p[0].as_str(), p[1].as_str())).copied())
+            .min();
+        let Some(rank) = best else { break };
+        path.push(rank);
+        let mut merged = Vec::with_capacity(symbols.len());
+        let mut i = 0;
+        while i < symbols.len() {
+            if i + 1 < symbols.len()
+                && ranks.get(&(symbols[i].as_str(), symbols[i + 1].as_str())) == Some(&rank)
+            {
+                merged.push(format!("{}{}", symbols[i], symbols[i + 1]));
+                i += 2;
+            } else {
+                merged.push(symbols[i].clone());
+                i += 1;
+            }
+        }
+        symbols = merged;
+    }
+    path
+}
+
+/// The world's cut-down CLIP BPE: byte tokens, the merges of [`world_words`] in CLIP's order,
+/// then `<|startoftext|>` and `<|endoftext|>`.
+pub fn world_bpe() -> Result<ClipBpe> {
+    let full = clip_bpe_from_gz(CLIP_BPE_GZ)?;
+    let ranks: HashMap<(&str, &str), usize> = full
+        .merges
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| ((a.as_str(), b.as_str()), i))
+        .collect();
+    let kept: BTreeSet<usize> = world_words()
+        .iter()
+        .flat_map(|w| merge_path(w, &ranks))
+        .collect();
+    let merges: Vec<(String, String)> = kept.iter().map(|&r| full.merges[r].clone()).collect();
+    let mut tokens: Vec<String> = full.tokens[..BYTE_TOKENS].to_vec();
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.push(BOS.to_string());
+    tokens.push(EOS.to_string());
+    Ok(ClipBpe { tokens, merges })
+}
+
+/// The world tokenizer: [`world_bpe`], SD 1.x flavour (pads with `<|endoftext|>`, 77 tokens) —
+/// the one [`write_tokenizer_files`] writes out.
+pub fn world_tokenizer() -> Result<ClipTokenizer> {
+    Ok(ClipTokenizer::from_bpe(world_bpe()?, EOS, 77)?)
+}
+
+/// Writes the world tokenizer (SD 1.x flavour: pads with `<|endoftext|>`, 77 tokens) into `dir`.
 pub fn write_tokenizer_files(dir: &Path) -> Result<()> {
-    let bpe = clip_bpe_from_gz(CLIP_BPE_GZ)?;
+    let bpe = world_bpe()?;
     let tokens = &bpe.tokens;
     let merges: Vec<String> = bpe.merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
     let vocab: Map<String, Value> = tokens
@@ -71,4 +185,68 @@ pub fn write_tokenizer_files(dir: &Path) -> Result<()> {
         write_atomic(&path, text.as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use likeness_models::presets::bundled_tokenizer;
+    use likeness_models::single_file::Family;
+
+    /// Token strings of `text` under a tokenizer and its vocabulary.
+    fn pieces(t: &ClipTokenizer, tokens: &[String], text: &str) -> Vec<String> {
+        t.encode_unpadded(text)
+            .into_iter()
+            .map(|id| tokens[id as usize].clone())
+            .collect()
+    }
+
+    #[test]
+    fn world_words_tokenize_as_with_the_full_clip_bpe() {
+        let full_bpe = clip_bpe_from_gz(CLIP_BPE_GZ).unwrap();
+        let full = bundled_tokenizer(Family::Sd1).unwrap();
+        let small_bpe = world_bpe().unwrap();
+        let small = world_tokenizer().unwrap();
+        eprintln!("world vocabulary: {} tokens", small.vocab_size());
+        assert!(small.vocab_size() < 2000, "{}", small.vocab_size());
+        assert_eq!(small.vocab_size(), small_bpe.tokens.len());
+        let mut texts: Vec<String> = world_words().into_iter().collect();
+        let spec = crate::world::WorldSpec::default();
+        texts.extend((0..300).map(|i| crate::world::dataset_item(7, i, &spec).1));
+        for c in &CONCEPTS {
+            texts.extend(
+                concept_templates(c)
+                    .iter()
+                    .map(|t| t.replace("{}", &format!("sks {}", c.class_noun))),
+            );
+        }
+        for text in &texts {
+            assert_eq!(
+                pieces(&small, &small_bpe.tokens, text),
+                pieces(&full, &full_bpe.tokens, text),
+                "{text}"
+            );
+        }
+        // Other words still tokenize, into smaller pieces.
+        let other = pieces(&small, &small_bpe.tokens, "a photo of a zebra on the beach");
+        assert!(other.len() >= 8, "{other:?}");
+        assert_eq!(small.encode("x").len(), 77);
+    }
+
+    #[test]
+    fn the_written_files_load_as_the_same_tokenizer() {
+        let dir = std::env::temp_dir().join(format!("likeness-world-tok-{}", std::process::id()));
+        write_tokenizer_files(&dir).unwrap();
+        let loaded = ClipTokenizer::from_dir(&dir).unwrap();
+        let world = world_tokenizer().unwrap();
+        assert_eq!(loaded.vocab_size(), world.vocab_size());
+        for text in [
+            "a picture of a sks star on a plain red background",
+            "two small green diamonds at the top left on white and yellow stripes",
+            "an unknown zebra",
+        ] {
+            assert_eq!(loaded.encode(text), world.encode(text), "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
