@@ -278,14 +278,13 @@ impl Workspace {
         std::fs::create_dir_all(dir).map_err(|e| StudioError::io(dir, e))?;
         let db_path = dir.join(DB_FILE);
         let conn = Connection::open(&db_path).map_err(|e| StudioError::db(&db_path, e))?;
-        let ws = Workspace {
+        let mut ws = Workspace {
             dir: dir.to_path_buf(),
             db_path,
             conn,
         };
         ws.configure()?;
-        let mut ws = ws;
-        ws.migrate()?;
+        migrate(&mut ws.conn, &ws.db_path, MIGRATIONS)?;
         tracing::debug!(
             "workspace {} open at schema v{SCHEMA_VERSION}",
             ws.dir.display()
@@ -325,50 +324,6 @@ impl Workspace {
     /// The schema version recorded in the database (0 for a new one).
     pub fn schema_version(&self) -> Result<i64> {
         read_version(&self.conn).map_err(|e| self.db_err(e))
-    }
-
-    fn migrate(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS schema_version (
-                    version INTEGER PRIMARY KEY,
-                    applied_at INTEGER NOT NULL
-                )",
-            )
-            .map_err(|e| StudioError::db(&self.db_path, e))?;
-        let found = self.schema_version()?;
-        if found > SCHEMA_VERSION {
-            return Err(StudioError::NewerSchema {
-                path: self.db_path.clone(),
-                found,
-                known: SCHEMA_VERSION,
-            });
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate() {
-            let version = index as i64 + 1;
-            let db_path = self.db_path.clone();
-            let err = |e: rusqlite::Error| StudioError::Database {
-                path: db_path.clone(),
-                message: format!("migration to v{version}: {e}"),
-            };
-            // IMMEDIATE takes the write lock first, so two processes opening at once migrate once.
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(err)?;
-            if read_version(&tx).map_err(err)? >= version {
-                continue;
-            }
-            tx.execute_batch(sql).map_err(err)?;
-            tx.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
-                params![version, now()],
-            )
-            .map_err(err)?;
-            tx.commit().map_err(err)?;
-            tracing::info!("{}: migrated to schema v{version}", self.db_path.display());
-        }
-        Ok(())
     }
 
     /// A path stored in the database, relative to the workspace with `/` separators.
@@ -699,6 +654,53 @@ impl Workspace {
     }
 }
 
+/// Brings the database to `migrations.len()`, one transaction per version, or refuses a database
+/// that is already past it.
+fn migrate(conn: &mut Connection, db_path: &Path, migrations: &[&str]) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        )",
+    )
+    .map_err(|e| StudioError::db(db_path, e))?;
+    let known = migrations.len() as i64;
+    let found = read_version(conn).map_err(|e| StudioError::db(db_path, e))?;
+    if found > known {
+        return Err(StudioError::NewerSchema {
+            path: db_path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    for (index, sql) in migrations.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= found {
+            continue;
+        }
+        let err = |e: rusqlite::Error| StudioError::Database {
+            path: db_path.to_path_buf(),
+            message: format!("migration to v{version}: {e}"),
+        };
+        // IMMEDIATE takes the write lock first, so two processes opening at once migrate once.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        if read_version(&tx).map_err(err)? >= version {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(err)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+            params![version, now()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!("{}: migrated to schema v{version}", db_path.display());
+    }
+    Ok(())
+}
+
 fn read_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM schema_version",
@@ -720,5 +722,43 @@ pub(crate) fn remove_file_if_present(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StudioError::io(path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_migration_leaves_the_previous_version_intact() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let path = Path::new("mem.db");
+        let migrations = [
+            "CREATE TABLE a (x INTEGER);",
+            "CREATE TABLE b (y INTEGER); CREATE TABLE a (x INTEGER);",
+        ];
+        let err = migrate(&mut conn, path, &migrations).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mem.db") && msg.contains("migration to v2"),
+            "{msg}"
+        );
+        assert_eq!(read_version(&conn).unwrap(), 1);
+        let b_exists: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(b_exists, 0, "v2 was rolled back as a whole");
+        // Fixed code applies v2 on the next open; v1 is not re-run.
+        migrate(
+            &mut conn,
+            path,
+            &["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"],
+        )
+        .unwrap();
+        assert_eq!(read_version(&conn).unwrap(), 2);
     }
 }
