@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use likeness_models::device::{DeviceChoice, Precision, dispatch};
 use likeness_train::TrainEvent;
+use likeness_train::optim::LrSchedule;
 use likeness_train::world::{CONCEPTS, write_concept_photos};
 use likeness_train::world_train::{
     ClipTrainConfig, QualityConfig, QualityTask, UNetTrainConfig, VaeTrainConfig, WorldModelSpec,
@@ -260,11 +261,15 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     vae.seed = a.seed;
     vae.batch = a.vae_batch.unwrap_or(vae.batch);
     vae.lr *= a.lr_scale;
+    vae.lr_schedule = LrSchedule::Cosine;
+    vae.warmup_steps = (vae.steps / 20).min(200);
     stage("vae", WorldStage::Vae(vae), &vae_run, &a, &cancel)?;
     let mut clip = ClipTrainConfig::new(spec.clone(), a.clip_steps);
     clip.seed = a.seed;
     clip.batch = a.clip_batch.unwrap_or(clip.batch);
     clip.lr *= a.lr_scale;
+    clip.lr_schedule = LrSchedule::Cosine;
+    clip.warmup_steps = (clip.steps / 20).min(200);
     stage("clip", WorldStage::Clip(clip), &clip_run, &a, &cancel)?;
     let mut unet = UNetTrainConfig::new(
         spec,
@@ -275,6 +280,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     unet.seed = a.seed;
     unet.batch = a.unet_batch.unwrap_or(unet.batch);
     unet.lr *= a.lr_scale;
+    unet.lr_schedule = LrSchedule::Cosine;
+    unet.warmup_steps = (unet.steps / 20).min(200);
     stage("unet", WorldStage::UNet(unet), &unet_run, &a, &cancel)?;
     println!("{}", unet_run.join("pipeline").display());
     println!("{}", clip_run.join("clip").display());

@@ -29,7 +29,7 @@ use super::run::{OpenedRun, Plan, finish, open_run, train_loop};
 use super::tokenizer::world_tokenizer;
 use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::trainable::weights_by_path;
 use crate::world::{WorldSpec, dataset_item, render};
 
@@ -176,6 +176,13 @@ pub struct ClipTrainConfig {
     /// Picture/caption pairs per step (the contrastive negatives).
     pub batch: usize,
     pub lr: f64,
+    /// How the rate moves: constant (the default, so a run extended by `--resume` repeats the
+    /// uninterrupted one) or half a cosine to zero over `steps`.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from zero.
+    #[serde(default)]
+    pub warmup_steps: usize,
     /// Seeds the initial weights and the data.
     pub seed: u64,
     /// Step `k` takes dataset items `k·batch ..`, modulo `pool` when set (a small pool shows the
@@ -194,6 +201,8 @@ impl ClipTrainConfig {
             steps,
             batch: 64,
             lr: 5e-4,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
             seed: 0,
             pool: None,
             checkpoint_every: 500,
@@ -261,6 +270,8 @@ fn run_clip<B: Backend>(
     let plan = Plan {
         steps: config.steps,
         lr: config.lr,
+        schedule: config.lr_schedule,
+        warmup_steps: config.warmup_steps,
         seed: config.seed,
         checkpoint_every: config.checkpoint_every,
         weights_file: CLIP_FILE,

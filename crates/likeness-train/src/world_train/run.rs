@@ -86,6 +86,8 @@ const MAX_GRAD_NORM: f64 = 1.0;
 pub(crate) struct Plan {
     pub steps: usize,
     pub lr: f64,
+    pub schedule: LrSchedule,
+    pub warmup_steps: usize,
     pub seed: u64,
     /// Steps between checkpoints (0: only the last one).
     pub checkpoint_every: usize,
@@ -141,12 +143,12 @@ where
         upscaled: Vec::new(),
     });
     let mut losses = Vec::new();
-    // Linear warm-up over the first 5% (at most 200 steps), then half a cosine down to zero, and
-    // every update's gradient clipped to global norm 1: the usual recipe for training from scratch.
+    // Every update's gradient is clipped to global norm 1, the usual guard when training from
+    // scratch.
     let lr_plan = LrPlan {
         lr: plan.lr,
-        schedule: LrSchedule::Cosine,
-        warmup_steps: (plan.steps / 20).min(200),
+        schedule: plan.schedule,
+        warmup_steps: plan.warmup_steps,
         total_steps: plan.steps,
     };
     while step < plan.steps {

@@ -21,6 +21,7 @@ use likeness_models::weights::{VarBuilder, WeightStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+
 use serde_json::{Value, json};
 
 use super::WorldModelSpec;
@@ -31,7 +32,7 @@ use super::vae::VAE_WEIGHTS;
 use crate::data::to_signed_chw;
 use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::trainable::{load_by_path, weights_by_path};
 use crate::world::{WorldSpec, dataset_item, render};
 
@@ -49,6 +50,13 @@ pub struct UNetTrainConfig {
     pub steps: usize,
     pub batch: usize,
     pub lr: f64,
+    /// How the rate moves: constant (the default, so a run extended by `--resume` repeats the
+    /// uninterrupted one) or half a cosine to zero over `steps`.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from zero.
+    #[serde(default)]
+    pub warmup_steps: usize,
     pub seed: u64,
     /// Step `k` takes dataset items `k·batch ..`, modulo `pool` when set.
     pub pool: Option<usize>,
@@ -68,6 +76,8 @@ impl UNetTrainConfig {
             steps,
             batch: 32,
             lr: 3e-4,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
             seed: 0,
             pool: None,
             caption_dropout: 0.1,
@@ -136,6 +146,8 @@ fn run_unet<B: Backend>(
     let plan = Plan {
         steps: config.steps,
         lr: config.lr,
+        schedule: config.lr_schedule,
+        warmup_steps: config.warmup_steps,
         seed: config.seed,
         checkpoint_every: config.checkpoint_every,
         weights_file: UNET_FILE,

@@ -22,7 +22,7 @@ use super::run::{OpenedRun, Plan, finish, open_run, train_loop};
 use crate::data::to_signed_chw;
 use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::trainable::weights_by_path;
 use crate::world::{WorldSpec, dataset_item, render};
 
@@ -42,6 +42,13 @@ pub struct VaeTrainConfig {
     /// Pictures per step.
     pub batch: usize,
     pub lr: f64,
+    /// How the rate moves: constant (the default, so a run extended by `--resume` repeats the
+    /// uninterrupted one) or half a cosine to zero over `steps`.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from zero.
+    #[serde(default)]
+    pub warmup_steps: usize,
     /// Seeds the initial weights, the pictures and the posterior noise.
     pub seed: u64,
     /// Weight of the KL term (summed over latent elements, averaged over the batch), as the
@@ -62,6 +69,8 @@ impl VaeTrainConfig {
             steps,
             batch: 8,
             lr: 1e-3,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
             seed: 0,
             kl_weight: 1e-6,
             checkpoint_every: 500,
@@ -181,6 +190,8 @@ fn run<B: Backend>(
     let plan = Plan {
         steps: config.steps,
         lr: config.lr,
+        schedule: config.lr_schedule,
+        warmup_steps: config.warmup_steps,
         seed: config.seed,
         checkpoint_every: config.checkpoint_every,
         weights_file: VAE_FILE,
