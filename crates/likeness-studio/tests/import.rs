@@ -120,6 +120,10 @@ fn exif_orientation_6_is_applied() {
         std::fs::read(&photo.original_file).unwrap(),
         std::fs::read(&path).unwrap()
     );
+    // The trainer reading the raw folder (`likeness dreambooth --images`) sees it upright too.
+    let photos = likeness_train::data::load_photos(&dir.join("in"), 64).unwrap();
+    let from_upright = likeness_train::data::fit_square(&DynamicImage::ImageRgb8(upright), 64);
+    assert!(photos.photos[0].image == from_upright);
 }
 
 #[test]

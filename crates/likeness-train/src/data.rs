@@ -98,7 +98,15 @@ fn open_image(path: &Path) -> std::result::Result<DynamicImage, String> {
     if reader.format().is_none() {
         return Err("not an image".into());
     }
-    reader.decode().map_err(|e| e.to_string())
+    // Upright as the camera meant it (phone photos carry an EXIF orientation).
+    use image::ImageDecoder;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// Resizes so the shorter side is `size` (Catmull-Rom), then crops the centre square.
