@@ -89,7 +89,14 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 terminal.on(TrainEvent::Status { message });
             }
         }
-        other => terminal.on(other),
+        other => {
+            if let TrainEvent::Status { message } = &other
+                && message.starts_with("DPO:")
+            {
+                terminal.set_examples("pairs");
+            }
+            terminal.on(other)
+        }
     };
     let report = dispatch(
         a.device,

@@ -196,11 +196,22 @@ fn config_from(args: &DreamBoothArgs) -> anyhow::Result<DreamBoothConfig> {
 pub(crate) struct Terminal {
     bar: Option<indicatif::ProgressBar>,
     quiet: bool,
+    /// What a run's training examples are: photos (DreamBooth) or pairs (DPO).
+    examples: &'static str,
 }
 
 impl Terminal {
     pub(crate) fn new(quiet: bool) -> Self {
-        Self { bar: None, quiet }
+        Self {
+            bar: None,
+            quiet,
+            examples: "photos",
+        }
+    }
+
+    /// Names the training examples of the runs that follow.
+    pub(crate) fn set_examples(&mut self, examples: &'static str) {
+        self.examples = examples;
     }
 
     fn say(&self, line: String) {
@@ -237,7 +248,8 @@ impl Terminal {
                 }
                 if !self.quiet {
                     eprintln!(
-                        "training on {photos} photos into {} (steps {}..{total_steps})",
+                        "training on {photos} {} into {} (steps {}..{total_steps})",
+                        self.examples,
                         run_dir.display(),
                         start_step + 1
                     );
@@ -299,10 +311,7 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
         }
     };
     let cancel = crate::interrupt::checkpointing_ctrl_c()?;
-    let mut terminal = Terminal {
-        bar: None,
-        quiet: args.quiet,
-    };
+    let mut terminal = Terminal::new(args.quiet);
     let mut on_event = |e: TrainEvent| terminal.on(e);
     let outcome = dispatch(
         args.device,
