@@ -32,16 +32,22 @@ summary="$out/summary.md"
   echo "|---|---|---|---|---|---|---|---|---|"
 } > "$summary"
 
+# budgeted TAG SIDE LIMIT MIN: prints min(LIMIT, budget left); when under MIN seconds are left,
+# records the item as skipped and fails.
+budgeted() {
+  local left=$((budget - ($(date +%s) - start)))
+  if [ "$left" -lt "$4" ]; then
+    echo "| $1 | $2 | skipped: budget spent | | | | | | |" >> "$summary"
+    return 1
+  fi
+  if [ "$3" -gt "$left" ]; then echo "$left"; else echo "$3"; fi
+}
+
 # item TAG LIMIT SIDE COMMAND...: runs COMMAND under min(LIMIT, budget left) seconds.
 item() {
   local tag=$1 limit=$2 side=$3
   shift 3
-  local left=$((budget - ($(date +%s) - start)))
-  if [ "$left" -lt 25 ]; then
-    echo "| $tag | $side | skipped: budget spent | | | | | | |" >> "$summary"
-    return
-  fi
-  [ "$limit" -gt "$left" ] && limit=$left
+  limit=$(budgeted "$tag" "$side" "$limit" 25) || return 0
   echo "== $tag ($side), limit ${limit}s"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$logs/mem-$tag-$side.txt" 2>/dev/null &
   local smi=$!
@@ -72,13 +78,8 @@ EOF
 
 # The built-in world's trainers at GPU batch sizes: 40 steps of each stage, median step time.
 world_probe() {
-  local left=$((budget - ($(date +%s) - start)))
-  if [ "$left" -lt 40 ]; then
-    echo "| world-probe | likeness | skipped: budget spent | | | | | | |" >> "$summary"
-    return
-  fi
-  local limit=100
-  [ "$limit" -gt "$left" ] && limit=$left
+  local limit
+  limit=$(budgeted world-probe likeness 100 40) || return 0
   echo "== world-probe, limit ${limit}s"
   rm -rf /tmp/world-probe
   timeout "$limit" "$bin" world train --device "${DEV:-cuda}" --quiet --vae-steps 40 --clip-steps 40 \

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use image::codecs::gif::GifDecoder;
 use image::codecs::png::PngDecoder;
 use image::codecs::webp::WebPDecoder;
-use image::metadata::Orientation;
 use image::{
     AnimationDecoder, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage,
     imageops,
@@ -156,7 +155,7 @@ pub fn decode_photo(bytes: &[u8], min_side: u32) -> std::result::Result<DecodedP
     if is_animated(bytes, format) {
         return Err(SkipReason::Animated);
     }
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| decode_failure(e, format))?;
     let (width, height) = decoder.dimensions();
@@ -173,10 +172,8 @@ pub fn decode_photo(bytes: &[u8], min_side: u32) -> std::result::Result<DecodedP
             min_side,
         });
     }
-    // A broken EXIF block is not worth refusing the photo over: keep it as stored.
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_failure(e, format))?;
-    image.apply_orientation(orientation);
+    let image =
+        likeness_train::data::decode_upright(decoder).map_err(|e| decode_failure(e, format))?;
 
     let mut notes = Vec::new();
     if format == ImageFormat::Jpeg && jpeg_components(bytes) == Some(4) {

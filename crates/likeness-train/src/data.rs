@@ -98,13 +98,17 @@ fn open_image(path: &Path) -> std::result::Result<DynamicImage, String> {
     if reader.format().is_none() {
         return Err("not an image".into());
     }
-    // Upright as the camera meant it (phone photos carry an EXIF orientation).
-    use image::ImageDecoder;
-    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    decode_upright(decoder).map_err(|e| e.to_string())
+}
+
+/// Decodes a picture upright as the camera meant it (phone photos carry an EXIF orientation); a
+/// broken EXIF block is not worth refusing a photo over, so it is then kept as stored.
+pub fn decode_upright(mut decoder: impl image::ImageDecoder) -> image::ImageResult<DynamicImage> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    let mut img = DynamicImage::from_decoder(decoder)?;
     img.apply_orientation(orientation);
     Ok(img)
 }

@@ -14,7 +14,7 @@ use burn::prelude::*;
 use image::{Rgb, RgbImage, imageops};
 use likeness_models::device::{BackendTask, Placement};
 use likeness_models::lora::LoraTargets;
-use likeness_models::png_meta::write_atomic;
+use likeness_models::png_meta::{encode_png, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::dpo::{DpoConfig, DpoJob, DpoSource, DpoTask, GeneratedImage, read_jsonl, stage_dir};
@@ -437,12 +437,7 @@ fn paste_grid(cells: &[Vec<Option<RgbImage>>], path: &Path) -> Result<()> {
             }
         }
     }
-    let mut bytes = Vec::new();
-    grid.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| TrainError::io(path, e))?;
+    let bytes = encode_png(&grid, &[]).map_err(|e| TrainError::io(path, e))?;
     write_atomic(path, &bytes).map_err(|e| TrainError::io(path, e))
 }
 
