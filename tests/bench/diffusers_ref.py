@@ -3,6 +3,8 @@ weights, printed as the same table so the two can be set side by side.
 
     python tests/bench/diffusers_ref.py --device cpu --size 512 --steps 30 --iters 3
     python tests/bench/diffusers_ref.py --device cpu --only db-step --size 256 [--gradient-checkpointing]
+    python tests/bench/diffusers_ref.py --only ops          # single layers, as `likeness bench --only ops`
+    python tests/bench/diffusers_ref.py --only unet --profile   # layer-by-layer UNet forward
 
 Needs torch, diffusers==0.35.2, transformers==4.57.1 (tests/fixtures/requirements.txt), and
 peft==0.17.1 for db-step. No hub
@@ -52,10 +54,11 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--only", default="all", choices=["unet", "generate", "all", "db-step"])
+    ap.add_argument("--only", default="all", choices=["unet", "generate", "all", "ops", "db-step"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--tokenizer", default="tests/fixtures/data/tokenizer")
+    ap.add_argument("--profile", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.precision]
@@ -65,6 +68,9 @@ def main():
     if dev.startswith("cuda"):
         label += f" ({torch.cuda.get_device_name()})"
         torch.cuda.reset_peak_memory_stats()
+    if a.only == "ops":
+        print_rows(a, ops(a, dtype), label)
+        return
     unet = UNet2DConditionModel(**SD15_UNET).to(dev, dtype).eval()
     if a.only == "db-step":
         db_step(a, unet, dtype, label)
@@ -86,6 +92,8 @@ def main():
                 print(f"unet forward {i}: {ms:.1f} ms", flush=True)
                 times.append(ms)
             rows.append((f"UNet forward, batch 2, {a.size}px", times))
+            if a.profile:
+                rows += profile_unet(unet, x, t, ctx, dev)
         if a.only != "unet":
             vae = AutoencoderKL(**SD15_VAE).to(dev, dtype).eval()
             te = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(dev, dtype).eval()
@@ -106,6 +114,130 @@ def main():
                 times.append((time.perf_counter() - t0) * 1e3)
             rows.append((f"generate {a.steps} steps (CFG, DPM++ 2M, decode), {a.size}px", times))
     print_rows(a, rows, label)
+
+
+def profile_unet(unet, x, t, ctx, dev):
+    """One forward timed layer by layer with the device synchronised around every layer, by the
+    same kinds as `likeness bench --profile` (attention = scaled_dot_product_attention)."""
+    table = {}
+
+    def kind(m):
+        if isinstance(m, torch.nn.Conv2d):
+            return "conv1x1" if m.kernel_size == (1, 1) else "conv3x3"
+        return {torch.nn.GroupNorm: "group_norm", torch.nn.LayerNorm: "layer_norm",
+                torch.nn.Linear: "linear"}.get(type(m))
+
+    def add(name, ms):
+        calls, total = table.get(name, (0, 0.0))
+        table[name] = (calls + 1, total + ms)
+
+    starts = {}
+
+    def pre(m, _args):
+        sync(dev)
+        starts[id(m)] = time.perf_counter()
+
+    def post(m, _args, _out):
+        sync(dev)
+        add(kind(m), (time.perf_counter() - starts.pop(id(m))) * 1e3)
+
+    hooks = []
+    for m in unet.modules():
+        if kind(m):
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    F = torch.nn.functional
+    sdpa = F.scaled_dot_product_attention
+
+    def timed_sdpa(*args, **kw):
+        sync(dev)
+        t0 = time.perf_counter()
+        out = sdpa(*args, **kw)
+        sync(dev)
+        add("attention", (time.perf_counter() - t0) * 1e3)
+        return out
+
+    F.scaled_dot_product_attention = timed_sdpa
+    try:
+        sync(dev)
+        t0 = time.perf_counter()
+        unet(x, t, ctx).sample.float().cpu()
+        sync(dev)
+        total = (time.perf_counter() - t0) * 1e3
+    finally:
+        F.scaled_dot_product_attention = sdpa
+        for h in hooks:
+            h.remove()
+    # One-element rows: the profile has no warm-up of its own (the timed forwards were it).
+    rows = [(f"profile: {k} ({c} calls)", [ms, ms]) for k, (c, ms) in sorted(table.items())]
+    rows.append(("profile: other", [total - sum(ms for _, ms in table.values())] * 2))
+    rows.append(("profile: total (synchronised)", [total, total]))
+    return rows
+
+
+def ops(a, dtype):
+    """The layers that dominate SD1.5 at its largest latent, batch 2, as `likeness bench --only
+    ops` times them: forward, and forward + backward of the sum."""
+    dev, lat = a.device, a.size // 8
+    rows = []
+
+    def bench(name, f):
+        times = []
+        for _ in range(max(a.iters, 2) + 1):
+            sync(dev)
+            t0 = time.perf_counter()
+            f()
+            sync(dev)
+            times.append((time.perf_counter() - t0) * 1e3)
+        print(f"{name}: {sum(times[1:]) / (len(times) - 1):.2f} ms", flush=True)
+        rows.append((name, times))
+
+    F = torch.nn.functional
+    norm = torch.nn.GroupNorm(32, 320, eps=1e-5).to(dev, dtype)
+    x = torch.randn(2, 320, lat, lat, device=dev, dtype=dtype)
+    with torch.no_grad():
+        bench(f"op: GroupNorm(32, 320) + SiLU fwd [2, 320, {lat}, {lat}]",
+              lambda: F.silu(norm(x)).float().sum().item())
+    xg = x.clone().requires_grad_(True)
+
+    def gn_bwd():
+        xg.grad = None
+        F.silu(norm(xg)).float().sum().backward()
+    bench(f"op: GroupNorm(32, 320) + SiLU fwd+bwd [2, 320, {lat}, {lat}]", gn_bwd)
+    seq = lat * lat
+    q = torch.randn(2, 8, seq, 40, device=dev, dtype=dtype)
+    k, v = q * 0.5, q * 0.25
+    with torch.no_grad():
+        bench(f"op: attention fwd [2, 8, {seq}, 40]",
+              lambda: F.scaled_dot_product_attention(q, k, v).float().sum().item())
+    qg = q.clone().requires_grad_(True)
+
+    def attn_bwd():
+        qg.grad = None
+        F.scaled_dot_product_attention(qg, k, v).float().sum().backward()
+    bench(f"op: attention fwd+bwd [2, 8, {seq}, 40]", attn_bwd)
+    w = torch.randn(320, 320, 3, 3, device=dev, dtype=dtype) * 0.02
+    with torch.no_grad():
+        bench(f"op: conv3x3 320→320 fwd [2, 320, {lat}, {lat}]",
+              lambda: F.conv2d(x, w, padding=1).float().sum().item())
+    wg = w.clone().requires_grad_(True)
+
+    def conv_bwd():
+        wg.grad = None
+        xg.grad = None
+        F.conv2d(xg, wg, padding=1).float().sum().backward()
+    bench(f"op: conv3x3 320→320 fwd+bwd [2, 320, {lat}, {lat}]", conv_bwd)
+    tokens = torch.randn(2 * seq, 320, device=dev, dtype=dtype)
+    lw = torch.randn(320, 2560, device=dev, dtype=dtype) * 0.05
+    with torch.no_grad():
+        bench(f"op: matmul [{2 * seq}, 320] × [320, 2560] fwd",
+              lambda: (tokens @ lw).float().sum().item())
+    lwg = lw.clone().requires_grad_(True)
+
+    def mm_bwd():
+        lwg.grad = None
+        (tokens @ lwg).float().sum().backward()
+    bench(f"op: matmul [{2 * seq}, 320] × [320, 2560] fwd+bwd", mm_bwd)
+    return rows
 
 
 def peak_mib(dev):

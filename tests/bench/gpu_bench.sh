@@ -47,6 +47,8 @@ budgeted() {
 item() {
   local tag=$1 limit=$2 side=$3
   shift 3
+  # TAGS="tag-side ...": run only those items (a rerun on a warm machine).
+  if [ -n "${TAGS:-}" ] && [[ " $TAGS " != *" $tag-$side "* ]]; then return 0; fi
   limit=$(budgeted "$tag" "$side" "$limit" 25) || return 0
   echo "== $tag ($side), limit ${limit}s"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$logs/mem-$tag-$side.txt" 2>/dev/null &
@@ -103,24 +105,34 @@ EOF
 
 DEV="${DEV:-cuda}"
 L="$bin bench --device $DEV ${EXTRA:-}"
+# Burn's operation fusion is on in the bench binary (feature `fusion`); `likeness-unfused` rows
+# run the same binary with it off, and carry the layer-by-layer profile (which synchronises
+# around every layer, so fusion could not act there anyway).
+LU="env LIKENESS_FUSION=0 $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
-item infer-bf16 90 diffusers $P --precision bf16 --iters 5
+item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
+item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
+item infer-bf16 90 diffusers $P --precision bf16 --iters 5 --profile
 item infer-bf16 150 likeness $L --precision bf16 --iters 5
+item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 3 --profile
 item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
-item db-bf16-b1 120 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
+item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
+item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 3
 item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
-world_probe
-item infer-f32 60 diffusers $P --precision f32 --iters 5
-item infer-f32 120 likeness $L --precision f32 --iters 5
-item db-f32-b1 60 diffusers $P --precision f32 --only db-step --batch 1 --iters 5
-item db-f32-b1 100 likeness $L --precision f32 --only db-step --batch 1 --iters 5
+item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
+item ops-f32 40 diffusers $P --precision f32 --only ops --iters 5
+item ops-f32 100 likeness $L --precision f32 --only ops --iters 5
 item db-bf16-b1-ckpt 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
 item db-bf16-b1-ckpt 100 likeness $L --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
 item db-bf16-b4 60 diffusers $P --precision bf16 --only db-step --batch 4 --iters 3
 item db-bf16-b4 100 likeness $L --precision bf16 --only db-step --batch 4 --iters 3
+item infer-f32 60 diffusers $P --precision f32 --iters 5
+item infer-f32 120 likeness $L --precision f32 --iters 5
+item db-f32-b1 60 diffusers $P --precision f32 --only db-step --batch 1 --iters 5
+item db-f32-b1 100 likeness $L --precision f32 --only db-step --batch 1 --iters 5
 item unet-f16 40 diffusers $P --precision f16 --only unet --iters 5
 item unet-f16 100 likeness $L --precision f16 --only unet --iters 5
-item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3
+world_probe
 echo "budget used: $(($(date +%s) - start)) s of $budget" | tee -a "$summary"
 cat "$summary"
 tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"

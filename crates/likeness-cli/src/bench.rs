@@ -27,7 +27,8 @@ pub struct BenchArgs {
     /// Timed repetitions of the UNet forward (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
-    /// Which parts: unet, generate, all (those two), dpo-step (one DreamBooth-DPO
+    /// Which parts: unet, generate, all (those two), ops (single layers at SD1.5's largest
+    /// shapes, forward and forward + backward), dpo-step (one DreamBooth-DPO
     /// optimizer step on one pair: model and reference UNet on winner and loser, backward,
     /// AdamW on rank-4 attention LoRA) or db-step (one DreamBooth LoRA step: text encoding,
     /// noise, UNet forward, MSE, backward, AdamW on rank-4 attention LoRA).
@@ -39,6 +40,10 @@ pub struct BenchArgs {
     /// Recompute activations in the db-step backward (Burn's balanced checkpointing).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// After the timed UNet forwards, time one more layer by layer (device synchronised around
+    /// every layer) and add a row per kind of layer.
+    #[arg(long)]
+    pub profile: bool,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -58,16 +63,28 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if !["unet", "generate", "all", "dpo-step", "db-step"].contains(&args.only.as_str()) {
-        anyhow::bail!("--only must be unet, generate, all, dpo-step or db-step");
+    if !["unet", "generate", "all", "ops", "dpo-step", "db-step"].contains(&args.only.as_str()) {
+        anyhow::bail!("--only must be unet, generate, all, ops, dpo-step or db-step");
     }
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
+    // Training steps run as `likeness dreambooth` / `dpo` run them: bf16/f16 is mixed precision
+    // on an f32 backend.
+    let training = matches!(args.only.as_str(), "db-step" | "dpo-step");
+    let (device, precision, mixed) = if training {
+        let (device, mixed) = crate::dreambooth::training_precision(args.device, args.precision)?;
+        (device, Precision::F32, mixed)
+    } else {
+        (args.device, args.precision, Precision::F32)
+    };
     let rows = dispatch(
-        args.device,
-        args.precision,
-        BenchTask { args: args.clone() },
+        device,
+        precision,
+        BenchTask {
+            args: args.clone(),
+            mixed,
+        },
     )?;
     println!("| benchmark | device | mean ms | min ms | runs | first ms | peak MiB |");
     println!("|---|---|---|---|---|---|---|");
@@ -96,6 +113,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 struct BenchTask {
     args: BenchArgs,
+    /// Mixed precision of the training steps (base weights in this dtype, LoRA in f32).
+    mixed: Precision,
 }
 
 fn time<B: Backend>(device: &B::Device, f: impl FnOnce()) -> f64 {
@@ -114,10 +133,22 @@ impl BackendTask for BenchTask {
         placement: Placement,
     ) -> likeness_models::Result<Vec<Row>> {
         let a = self.args;
-        let label = format!("{placement} ({})", B::name(&device));
-        let model = StableDiffusion::<B>::random(Family::Sd1, 0, &device)?;
+        let mut label = format!("{placement} ({})", B::name(&device));
+        let mut model = StableDiffusion::<B>::random(Family::Sd1, 0, &device)?;
+        if let Some(dtype) = self.mixed.half_dtype() {
+            use likeness_models::nn::cast_params;
+            label = format!("{label}, mixed {:?}", self.mixed);
+            model.unet = cast_params(model.unet, dtype);
+            model.text_encoder = cast_params(model.text_encoder, dtype);
+            model.vae = cast_params(model.vae, dtype);
+        }
         let lat = a.size / 8;
         let mut rows = Vec::new();
+        if a.only == "ops" {
+            rows.extend(ops::<B>(&a, &label, &device)?);
+            finish_rows(&mut rows, placement);
+            return Ok(rows);
+        }
         if a.only == "dpo-step" {
             rows.push(dpo_step::<B>(&model, &a, &label, &device)?);
         } else if a.only == "db-step" {
@@ -162,6 +193,9 @@ impl BackendTask for BenchTask {
                 &label,
                 &times,
             ));
+            if a.profile {
+                rows.extend(profile_unet(&model, sample, t, ctx, &label, &device));
+            }
         }
         if a.only != "unet" {
             let p = GenerateParams {
@@ -201,6 +235,157 @@ impl BackendTask for BenchTask {
         finish_rows(&mut rows, placement);
         Ok(rows)
     }
+}
+
+/// One UNet forward timed layer by layer: a row per kind of layer (its share of the
+/// synchronised forward), "other" for what no instrumented layer covers (activations, adds,
+/// concatenation, resampling, reshapes) and the synchronised total.
+fn profile_unet<B: Backend>(
+    model: &StableDiffusion<B>,
+    sample: Tensor<B, 4>,
+    t: Tensor<B, 1>,
+    ctx: Tensor<B, 3>,
+    label: &str,
+    device: &B::Device,
+) -> Vec<Row> {
+    use likeness_models::profile;
+    profile::take();
+    profile::set_enabled(true);
+    let total = time::<B>(device, || {
+        let _ = model.unet.forward(sample, t, ctx).into_data();
+    });
+    profile::set_enabled(false);
+    let ops = profile::take();
+    let covered: f64 = ops.iter().map(|(_, o)| o.ms).sum();
+    let mut rows: Vec<Row> = ops
+        .iter()
+        .map(|(name, o)| {
+            row(
+                &format!("profile: {name} ({} calls)", o.calls),
+                label,
+                &[o.ms],
+            )
+        })
+        .collect();
+    rows.push(row("profile: other", label, &[(total - covered).max(0.0)]));
+    rows.push(row("profile: total (synchronised)", label, &[total]));
+    rows
+}
+
+/// The layers that dominate SD1.5 at its largest latent (64×64 at 512 px), batch 2, one at a
+/// time: forward, and forward + backward of the sum (gradients for the input and weights).
+/// Results are summed on the device and only the sum read back, as the PyTorch side does, so
+/// no row times a device-to-host copy.
+fn ops<B: Backend>(
+    a: &BenchArgs,
+    label: &str,
+    device: &B::Device,
+) -> likeness_models::Result<Vec<Row>> {
+    use burn::backend::Autodiff;
+    type AB<B> = Autodiff<B>;
+    use likeness_models::nn::GroupNorm;
+    use likeness_models::weights::{VarBuilder, WeightStore};
+
+    let lat = a.size / 8;
+    let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+    let mut rows = Vec::new();
+    let mut bench = |name: &str, f: &mut dyn FnMut()| {
+        let mut times = Vec::new();
+        for _ in 0..=a.iters.max(2) {
+            times.push(time::<B>(device, &mut *f));
+        }
+        eprintln!(
+            "{name}: {:.2} ms (first {:.0} ms)",
+            times[1..].iter().sum::<f64>() / (times.len() - 1) as f64,
+            times[0]
+        );
+        rows.push(row(name, label, &times));
+    };
+    // GroupNorm(32, 320) + SiLU, as every ResNet block at the first level does.
+    let vb = VarBuilder::<AB<B>>::new(std::sync::Arc::new(WeightStore::random(0)), device);
+    let norm = GroupNorm::<AB<B>>::load(&vb, 32, 320, 1e-5)?;
+    let x = Tensor::<AB<B>, 4>::random([2, 320, lat, lat], normal, device);
+    bench(
+        &format!("op: GroupNorm(32, 320) + SiLU fwd [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let y = burn::tensor::activation::silu(norm.forward(x.clone()));
+            let _ = y.sum().into_data();
+        },
+    );
+    let xg = x.clone().require_grad();
+    bench(
+        &format!("op: GroupNorm(32, 320) + SiLU fwd+bwd [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let y = burn::tensor::activation::silu(norm.forward(xg.clone()));
+            let g = y.sum().backward();
+            let _ = xg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    // Self-attention at the first level: 8 heads of 40 over 64·64 tokens.
+    let seq = lat * lat;
+    let q = Tensor::<AB<B>, 4>::random([2, 8, seq, 40], normal, device);
+    let (k, v) = (q.clone() * 0.5, q.clone() * 0.25);
+    let opts = burn::tensor::ops::AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    let attend = |q: Tensor<AB<B>, 4>, k: Tensor<AB<B>, 4>, v: Tensor<AB<B>, 4>| {
+        burn::tensor::module::attention(q, k, v, None, None, opts)
+    };
+    bench(&format!("op: attention fwd [2, 8, {seq}, 40]"), &mut || {
+        let _ = attend(q.clone(), k.clone(), v.clone()).sum().into_data();
+    });
+    let qg = q.clone().require_grad();
+    bench(
+        &format!("op: attention fwd+bwd [2, 8, {seq}, 40]"),
+        &mut || {
+            let g = attend(qg.clone(), k.clone(), v.clone()).sum().backward();
+            let _ = qg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    // 3×3 convolution 320 → 320 at the first level.
+    let w = Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02;
+    let conv = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
+        burn::tensor::module::conv2d(
+            x,
+            w,
+            None,
+            burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        )
+    };
+    bench(
+        &format!("op: conv3x3 320→320 fwd [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let _ = conv(x.clone(), w.clone()).sum().into_data();
+        },
+    );
+    let wg = w.clone().require_grad();
+    bench(
+        &format!("op: conv3x3 320→320 fwd+bwd [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let g = conv(xg.clone(), wg.clone()).sum().backward();
+            let _ = wg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    // The feed-forward's first projection: 320 → 2560 (GEGLU) over 2·4096 tokens.
+    let tokens = Tensor::<AB<B>, 2>::random([2 * seq, 320], normal, device);
+    let lw = Tensor::<AB<B>, 2>::random([320, 2560], normal, device) * 0.05;
+    bench(
+        &format!("op: matmul [{}, 320] × [320, 2560] fwd", 2 * seq),
+        &mut || {
+            let _ = tokens.clone().matmul(lw.clone()).sum().into_data();
+        },
+    );
+    let lwg = lw.clone().require_grad();
+    bench(
+        &format!("op: matmul [{}, 320] × [320, 2560] fwd+bwd", 2 * seq),
+        &mut || {
+            let g = tokens.clone().matmul(lwg.clone()).sum().backward();
+            let _ = lwg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    Ok(rows)
 }
 
 /// Fills in the peak memory column: the process's resident high-water mark on CPU; other

@@ -80,6 +80,8 @@ pub struct DpoArgs {
     pub v_prediction: bool,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// bf16 or f16: mixed precision (base weights and activations in that dtype; LoRA adapters,
+    /// gradients and optimiser state in f32). The CPU trains in f32. A resumed run keeps its own.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// The run folder to create.
@@ -192,9 +194,20 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     };
     let cancel = crate::interrupt::checkpointing_ctrl_c()?;
     let mut on_event = report(args.quiet);
+    let (device, mixed) = crate::dreambooth::training_precision(args.device, args.precision)?;
+    let job = match job {
+        DpoJob::New {
+            mut config,
+            run_dir,
+        } => {
+            config.mixed_precision = mixed;
+            DpoJob::New { config, run_dir }
+        }
+        resume => resume,
+    };
     let outcome = dispatch(
-        args.device,
-        args.precision,
+        device,
+        Precision::F32,
         DpoTask {
             job,
             events: &mut on_event,

@@ -115,6 +115,8 @@ pub struct DreamBoothArgs {
     pub gradient_checkpointing: bool,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// bf16 or f16: mixed precision (base weights and activations in that dtype; LoRA adapters,
+    /// gradients and optimiser state in f32). The CPU trains in f32. A resumed run keeps its own.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// The run folder to create.
@@ -126,6 +128,24 @@ pub struct DreamBoothArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Where a training job runs and its mixed precision: trainers run on an f32 backend and cast
+/// the frozen weights themselves; the CPU trains in f32.
+pub fn training_precision(
+    device: DeviceChoice,
+    precision: Precision,
+) -> anyhow::Result<(DeviceChoice, Precision)> {
+    let device = likeness_models::device::resolve(device)?;
+    if device == DeviceChoice::Cpu && precision != Precision::F32 {
+        tracing::warn!("the CPU trains in f32; --precision {precision:?} ignored");
+        return Ok((device, Precision::F32));
+    }
+    if device == DeviceChoice::Wgpu && precision == Precision::Bf16 {
+        tracing::warn!("wgpu has no bf16; mixed precision in f16");
+        return Ok((device, Precision::F16));
+    }
+    Ok((device, precision))
 }
 
 fn config_from(args: &DreamBoothArgs) -> anyhow::Result<DreamBoothConfig> {
@@ -313,9 +333,20 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
     let cancel = crate::interrupt::checkpointing_ctrl_c()?;
     let mut terminal = Terminal::new(args.quiet);
     let mut on_event = |e: TrainEvent| terminal.on(e);
+    let (device, mixed) = training_precision(args.device, args.precision)?;
+    let job = match job {
+        DreamBoothJob::New {
+            mut config,
+            run_dir,
+        } => {
+            config.mixed_precision = mixed;
+            DreamBoothJob::New { config, run_dir }
+        }
+        resume => resume,
+    };
     let outcome = dispatch(
-        args.device,
-        args.precision,
+        device,
+        Precision::F32,
         DreamBoothTask {
             job,
             events: &mut on_event,

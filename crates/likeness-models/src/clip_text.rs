@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ModelError, Result, read_json};
-use crate::nn::{LayerNorm, Linear, multi_head_attention};
+use crate::nn::{LayerNorm, Linear, default_float_dtype, in_dtype, multi_head_attention};
 use crate::weights::{Init, VarBuilder, WeightStore};
 
 fn default_vocab_size() -> usize {
@@ -388,7 +388,10 @@ impl<B: Backend> ClipTextTransformer<B> {
             .last()
             .cloned()
             .ok_or_else(|| ModelError::Invalid("text encoder produced no states".into()))?;
-        let last_hidden_state = self.final_layer_norm.forward(last);
+        // States leave in the backend's float dtype whatever the weights' (mixed precision).
+        let out = |t: Tensor<B, 3>| in_dtype(t, default_float_dtype::<B>());
+        let last_hidden_state = out(self.final_layer_norm.forward(last));
+        let hidden_states = hidden_states.into_iter().map(out).collect();
         let pooler_output = self.pool(&last_hidden_state, input_ids)?;
         Ok(ClipTextOutput {
             last_hidden_state,
@@ -480,6 +483,9 @@ impl<B: Backend> ClipTextModel<B> {
             .into_iter()
             .last()
             .ok_or_else(|| ModelError::Invalid("text encoder produced no states".into()))?;
-        Ok(tm.final_layer_norm.forward(x))
+        Ok(in_dtype(
+            tm.final_layer_norm.forward(x),
+            default_float_dtype::<B>(),
+        ))
     }
 }

@@ -42,6 +42,17 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The half dtype this names, or None for f32.
+    pub fn half_dtype(self) -> Option<burn::tensor::DType> {
+        match self {
+            Self::F32 => None,
+            Self::F16 => Some(burn::tensor::DType::F16),
+            Self::Bf16 => Some(burn::tensor::DType::BF16),
+        }
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -151,6 +162,16 @@ pub fn resolve(choice: DeviceChoice) -> Result<DeviceChoice> {
     }
 }
 
+/// Whether to run with Burn's operation fusion, in builds that have it: yes unless
+/// `LIKENESS_FUSION` is `0`, `off` or `false`.
+#[cfg(all(feature = "cuda", feature = "fusion"))]
+fn fusion_wanted() -> bool {
+    !matches!(
+        std::env::var("LIKENESS_FUSION").as_deref(),
+        Ok("0" | "off" | "false")
+    )
+}
+
 /// Runs `task` on the chosen device and precision.
 pub fn dispatch<T: BackendTask>(
     choice: DeviceChoice,
@@ -162,6 +183,16 @@ pub fn dispatch<T: BackendTask>(
     tracing::info!("running on {placement}");
 
     match device {
+        #[cfg(all(feature = "cuda", feature = "fusion"))]
+        DeviceChoice::Cuda if !fusion_wanted() => {
+            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+            tracing::info!("operation fusion off (LIKENESS_FUSION=0)");
+            match precision {
+                Precision::F32 => task.run::<Unfused<f32>>(Default::default(), placement),
+                Precision::F16 => task.run::<Unfused<half::f16>>(Default::default(), placement),
+                Precision::Bf16 => task.run::<Unfused<half::bf16>>(Default::default(), placement),
+            }
+        }
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda => {
             use burn::backend::Cuda;

@@ -12,6 +12,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod png_meta;
 pub mod presets;
+pub mod profile;
 pub mod rng;
 pub mod schedulers;
 pub mod sd;

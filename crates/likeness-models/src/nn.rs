@@ -3,10 +3,12 @@
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 
 use crate::error::Result;
+use crate::profile;
 use crate::weights::{Init, VarBuilder};
 
 /// `torch.nn.Linear`: weight [out, in], with an optional trainable low-rank adapter.
@@ -65,25 +67,49 @@ impl<B: Backend> Linear<B> {
         self.weight.dims()[0]
     }
 
+    /// `x @ weightᵀ + bias`, computed in the weight's dtype (the input is cast to it), plus the
+    /// adapter's update computed in the adapter's dtype (f32 adapters on bf16 weights: mixed
+    /// precision) and cast back.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let base = linear(
-            x.clone(),
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let device = x.device();
+        let weight = self.weight.val();
+        let base_input = in_dtype(x.clone(), weight.dtype());
+        let base = profile::span::<B, _>(&device, "linear", || {
+            linear(
+                base_input,
+                weight.transpose(),
+                self.bias.as_ref().map(|b| b.val()),
+            )
+        });
         match &self.lora {
             None => base,
-            Some(l) => {
-                let low = linear(x, l.down.val().transpose(), None);
-                base + linear(low, l.up.val().transpose(), None) * l.scale()
-            }
+            Some(l) => profile::span::<B, _>(&device, "lora", || {
+                let down = l.down.val();
+                let low = linear(in_dtype(x, down.dtype()), down.transpose(), None);
+                let update = linear(low, l.up.val().transpose(), None) * l.scale();
+                let dtype = base.dtype();
+                base + in_dtype(update, dtype)
+            }),
         }
     }
 
     /// Adds `delta` [out, in] to the weight (merging a LoRA file).
     pub fn merge_delta(&mut self, delta: Tensor<B, 2>) {
-        self.weight = self.weight.clone().map(|w| w + delta);
+        self.weight = self.weight.clone().map(|w| {
+            let dtype = w.dtype();
+            w + in_dtype(delta, dtype)
+        });
     }
+}
+
+/// `x` in `dtype`: a cast where it differs, nothing otherwise.
+pub fn in_dtype<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// The float dtype of backend `B`'s tensors when nothing else is asked for.
+pub fn default_float_dtype<B: Backend>() -> DType {
+    <B::FloatElem as burn::tensor::Element>::dtype()
 }
 
 /// `torch.nn.Conv2d` with square kernel, stride and padding.
@@ -116,17 +142,26 @@ impl<B: Backend> Conv2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv2d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new(
-                [self.stride, self.stride],
-                [self.padding, self.padding],
-                [1, 1],
-                1,
-            ),
-        )
+        let name = if self.weight.dims()[3] == 1 {
+            "conv1x1"
+        } else {
+            "conv3x3"
+        };
+        let weight = self.weight.val();
+        let x = in_dtype(x, weight.dtype());
+        profile::span::<B, _>(&x.device(), name, || {
+            conv2d(
+                x,
+                weight,
+                self.bias.as_ref().map(|b| b.val()),
+                ConvOptions::new(
+                    [self.stride, self.stride],
+                    [self.padding, self.padding],
+                    [1, 1],
+                    1,
+                ),
+            )
+        })
     }
 }
 
@@ -150,6 +185,14 @@ impl<B: Backend> GroupNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        profile::span::<B, _>(&x.device(), "group_norm", || self.normalize(x))
+    }
+
+    /// Statistics and affine in f32 whatever the input's dtype (as PyTorch's autocast runs
+    /// `group_norm`); the result has the input's dtype.
+    fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = in_dtype(x, DType::F32);
         let dims = x.dims();
         let (n, c) = (dims[0], dims[1]);
         let grouped: Tensor<B, 3> = x.reshape([n as i64, self.num_groups as i64, -1]);
@@ -158,7 +201,9 @@ impl<B: Backend> GroupNorm<B> {
         let normed: Tensor<B, D> = normed.reshape(dims);
         let mut affine_shape = [1usize; D];
         affine_shape[1] = c;
-        normed * self.weight.val().reshape(affine_shape) + self.bias.val().reshape(affine_shape)
+        let weight = in_dtype(self.weight.val(), DType::F32).reshape(affine_shape);
+        let bias = in_dtype(self.bias.val(), DType::F32).reshape(affine_shape);
+        in_dtype(normed * weight + bias, dtype)
     }
 }
 
@@ -180,16 +225,38 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        profile::span::<B, _>(&x.device(), "layer_norm", || self.normalize(x))
+    }
+
+    /// In f32 whatever the input's dtype, like [`GroupNorm`]; the result has the input's dtype.
+    fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = in_dtype(x, DType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let normed = (x - mean).div((var + self.eps).sqrt());
         let mut shape = [1usize; D];
         shape[D - 1] = self.weight.dims()[0];
-        normed * self.weight.val().reshape(shape) + self.bias.val().reshape(shape)
+        let weight = in_dtype(self.weight.val(), DType::F32).reshape(shape);
+        let bias = in_dtype(self.bias.val(), DType::F32).reshape(shape);
+        in_dtype(normed * weight + bias, dtype)
     }
 }
 
 /// Multi-head attention on [B, N, H·D] projections: splits heads, attends, merges heads.
 pub fn multi_head_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    causal: bool,
+) -> Tensor<B, 3> {
+    let device = q.device();
+    profile::span::<B, _>(&device, "attention", || {
+        attend_heads(q, k, v, heads, causal)
+    })
+}
+
+fn attend_heads<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
@@ -213,4 +280,17 @@ pub fn multi_head_attention<B: Backend>(
         },
     );
     out.swap_dims(1, 2).reshape([b, n_q, inner])
+}
+
+/// Casts every float parameter of `module` to `dtype`: under mixed precision the frozen base
+/// weights go to bf16/f16 while trainable adapters attached afterwards stay in f32.
+pub fn cast_params<B: Backend, M: Module<B>>(module: M, dtype: DType) -> M {
+    struct Caster(DType);
+    impl<B: Backend> burn::module::ModuleMapper<B> for Caster {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, in_dtype(tensor, self.0), mapper)
+        }
+    }
+    module.map(&mut Caster(dtype))
 }

@@ -12,7 +12,7 @@ use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result, read_json};
-use crate::nn::{Conv2d, GroupNorm, Linear, multi_head_attention};
+use crate::nn::{Conv2d, GroupNorm, Linear, default_float_dtype, in_dtype, multi_head_attention};
 use crate::weights::{VarBuilder, WeightStore};
 
 /// Every norm of the diffusers VAE uses this eps (`resnet_eps=1e-6` and `GroupNorm(eps=1e-6)`).
@@ -238,7 +238,9 @@ impl<B: Backend> Downsample2D<B> {
 
     /// Halves the spatial size.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        // F.pad(x, (0, 1, 0, 1)): (left, right, top, bottom).
+        // F.pad(x, (0, 1, 0, 1)): (left, right, top, bottom). Padded in the backend's float
+        // dtype: Flex pads half-precision tensors with f32 storage (the conv casts back).
+        let x = in_dtype(x, default_float_dtype::<B>());
         self.conv.forward(x.pad((0, 1, 0, 1), 0.0f32))
     }
 }
@@ -679,7 +681,8 @@ impl<B: Backend> AutoencoderKL<B> {
             Some(conv) => conv.forward(h),
             None => h,
         };
-        DiagonalGaussian::from_moments(h)
+        // Moments in the backend's float dtype whatever the weights' (mixed precision).
+        DiagonalGaussian::from_moments(in_dtype(h, default_float_dtype::<B>()))
     }
 
     /// Raw decode of latents (already divided by the scaling factor) into an image in about [-1, 1].
@@ -688,7 +691,7 @@ impl<B: Backend> AutoencoderKL<B> {
             Some(conv) => conv.forward(z),
             None => z,
         };
-        self.decoder.forward(z)
+        in_dtype(self.decoder.forward(z), default_float_dtype::<B>())
     }
 
     /// diffusers' `forward` without sampling: decode of the posterior's mode.

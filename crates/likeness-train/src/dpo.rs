@@ -30,9 +30,10 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use likeness_models::device::{BackendTask, Placement};
+use likeness_models::device::{BackendTask, Placement, Precision};
 use likeness_models::lora::{self, Linears, LoraSet, LoraShape, LoraTargets};
 use likeness_models::lora_files::{ExportInfo, LoraFormat, read_lora_file, write_lora_file};
+use likeness_models::nn::cast_params;
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::png_meta::{a1111_parameters, save_png, write_atomic};
 use likeness_models::rng::randn;
@@ -109,6 +110,11 @@ pub struct DpoConfig {
     pub checkpoint_every: usize,
     /// Rank and alpha of fresh adapters when the source is a full fine-tune.
     pub full_source_lora: LoraShape,
+    /// Mixed precision: `bf16`/`f16` keep the frozen weights (and so the activations) in that
+    /// dtype while LoRA adapters, their gradients and the optimiser state stay f32 (norms and
+    /// the loss in f32); `f32` (the default) runs everything in f32.
+    #[serde(default)]
+    pub mixed_precision: Precision,
 }
 
 impl DpoConfig {
@@ -152,6 +158,7 @@ impl DpoConfig {
                 rank: 4,
                 alpha: 4.0,
             },
+            mixed_precision: Precision::F32,
         }
     }
 
@@ -534,6 +541,12 @@ fn load_base<B: Backend>(
         return Err(TrainError::Invalid(format!(
             "LoRA layer `{first}` found no place in the text encoder"
         )));
+    }
+    // Mixed precision: every base weight is frozen here (DPO trains adapters only).
+    if let Some(dtype) = config.mixed_precision.half_dtype() {
+        model.unet = cast_params(model.unet, dtype);
+        model.text_encoder = cast_params(model.text_encoder, dtype);
+        model.vae = cast_params(model.vae, dtype);
     }
     Ok((model, source))
 }

@@ -19,8 +19,9 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
-use likeness_models::device::{BackendTask, Placement};
+use likeness_models::device::{BackendTask, Placement, Precision};
 use likeness_models::lora::{LoraShape, LoraTargets};
+use likeness_models::nn::cast_params;
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::png_meta::{a1111_parameters, save_png};
 use likeness_models::rng::randn;
@@ -114,6 +115,12 @@ pub struct DreamBoothConfig {
     pub samples: SampleSettings,
     /// Recompute activations in backward instead of keeping them (less memory, slower).
     pub gradient_checkpointing: bool,
+    /// Mixed precision: `bf16`/`f16` keep the frozen weights (and so the activations) in that
+    /// dtype while LoRA adapters, their gradients and the optimiser state stay f32 (norms and
+    /// the loss in f32); `f32` (the default) runs everything in f32. A full fine-tune keeps the
+    /// weights it trains in f32.
+    #[serde(default)]
+    pub mixed_precision: Precision,
 }
 
 impl DreamBoothConfig {
@@ -153,6 +160,7 @@ impl DreamBoothConfig {
             sample_every: 100,
             samples: SampleSettings::default(),
             gradient_checkpointing: false,
+            mixed_precision: Precision::F32,
         }
     }
 
@@ -346,6 +354,7 @@ fn run_job<B: Backend>(
         ..Default::default()
     };
     let model = StableDiffusion::<B>::load(&config.model, &opts, device)?;
+    let model = frozen_in_half(model, &config);
     let resolution = config.resolution.unwrap_or_else(|| model.native_size());
     model.latent_shape(&GenerateParams {
         width: resolution,
@@ -404,6 +413,30 @@ fn run_job<B: Backend>(
             }
         }
     }
+}
+
+/// Under mixed precision, the weights this run does not train in its half dtype: the VAE, the
+/// text encoder unless a full fine-tune trains it, and the UNet unless a full fine-tune trains it
+/// (LoRA adapters are attached afterwards, in f32).
+fn frozen_in_half<B: Backend>(
+    mut model: StableDiffusion<B>,
+    config: &DreamBoothConfig,
+) -> StableDiffusion<B> {
+    let Some(dtype) = config.mixed_precision.half_dtype() else {
+        return model;
+    };
+    model.vae = cast_params(model.vae, dtype);
+    let (unet, text) = match &config.mode {
+        TrainMode::Lora { .. } => (true, true),
+        TrainMode::Full { text_encoder } => (false, !text_encoder),
+    };
+    if unet {
+        model.unet = cast_params(model.unet, dtype);
+    }
+    if text {
+        model.text_encoder = cast_params(model.text_encoder, dtype);
+    }
+    model
 }
 
 /// The training loop: data → noise → model → loss → step, then checkpoint and previews at

@@ -410,6 +410,40 @@ fn gradient_checkpointing_gives_the_same_losses() {
     }
 }
 
+/// bf16 mixed precision: the base weights in bf16, the adapters (UNet and text encoder), their
+/// optimiser state and the checkpoint in f32; losses follow the f32 run within bf16's rounding.
+#[test]
+fn mixed_precision_trains_f32_adapters_on_a_bf16_base() {
+    let images = photos("mixed-photos");
+    let mut c = config("pipeline_sd1_eps", &images);
+    c.mode = lora(2, LoraTargets::unet_attention(), true);
+    c.steps = 3;
+    c.lr = 1e-3;
+    let full = run(new_job(c.clone(), &tmp("mixed-f32"))).0.unwrap().losses;
+    c.mixed_precision = likeness_models::device::Precision::Bf16;
+    c.checkpoint_every = 3;
+    let out = tmp("mixed-bf16");
+    let half = run(new_job(c, &out)).0.unwrap().losses;
+    println!("f32 {full:?}\nbf16 mixed {half:?}");
+    assert_eq!(full.len(), half.len());
+    for (x, y) in full.iter().zip(&half) {
+        assert!(y.is_finite());
+        assert!(((x - y) / x).abs() < 0.05, "f32 {x} vs mixed {y}");
+    }
+    let ckpt = out.join("checkpoints/step-000003");
+    for file in ["adapters.safetensors", "optimizer.safetensors"] {
+        let bytes = std::fs::read(ckpt.join(file)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert!(!st.is_empty(), "{file} is empty");
+        for (key, view) in st.tensors() {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{file}: {key}");
+        }
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["dreambooth"]["mixed_precision"], "bf16");
+}
+
 #[test]
 fn run_folder_holds_config_losses_checkpoints_and_galleries() {
     let images = photos("files-photos");

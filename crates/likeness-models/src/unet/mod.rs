@@ -209,6 +209,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
         encoder_hidden_states: Tensor<B, 3>,
     ) -> Tensor<B, 4> {
         let batch = sample.dims()[0];
+        // The prediction comes back in the sample's dtype whatever the weights' (mixed precision).
+        let out_dtype = sample.dtype();
         // diffusers broadcasts a single timestep over the batch.
         let timesteps = if timesteps.dims()[0] == 1 && batch != 1 {
             timesteps.expand([batch])
@@ -230,6 +232,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         for block in &self.up_blocks {
             x = block.forward(x, &temb_act, &context, &mut skips);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        let out = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
+        crate::nn::in_dtype(out, out_dtype)
     }
 }
