@@ -124,11 +124,35 @@ fn pack(a: PackArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("{}", tmp.display()))?;
         }
         copy_as_f16(src, &tmp)?;
+        cut_vocabulary(&tmp, name == "world-clip")?;
         if dst.exists() {
             std::fs::remove_dir_all(&dst).with_context(|| format!("{}", dst.display()))?;
         }
         std::fs::rename(&tmp, &dst).with_context(|| format!("{}", dst.display()))?;
         println!("{}", dst.display());
+    }
+    Ok(())
+}
+
+/// A text tower trained on CLIP's full vocabulary keeps only the world tokenizer's rows (two
+/// thirds of the models' size otherwise); towers trained with the world tokenizer are left as
+/// they are. `clip`: a transformers CLIP folder (tokenizer files at its root), else a diffusers
+/// pipeline (`text_encoder/`, `tokenizer/`).
+fn cut_vocabulary(dir: &Path, clip: bool) -> anyhow::Result<()> {
+    use likeness_train::world_train::tokenizer::cut_text_tower_vocabulary;
+    let (tower, tokenizer) = if clip {
+        (dir.to_path_buf(), dir.to_path_buf())
+    } else {
+        (dir.join("text_encoder"), dir.join("tokenizer"))
+    };
+    let cut = cut_text_tower_vocabulary(
+        &tower.join("model.safetensors"),
+        &tower.join("config.json"),
+        &tokenizer.join("vocab.json"),
+    )?;
+    if cut {
+        likeness_train::world_train::write_tokenizer_files(&tokenizer)?;
+        eprintln!("{}: cut to the world vocabulary", tower.display());
     }
     Ok(())
 }

@@ -187,6 +187,93 @@ pub fn write_tokenizer_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The token-embedding table of a transformers CLIP text tower.
+const TOKEN_EMBEDDING: &str = "text_model.embeddings.token_embedding.weight";
+
+/// Cuts a CLIP text tower trained on a larger vocabulary (CLIP's full BPE) down to the world
+/// tokenizer: `weights` (a `model.safetensors` holding [`TOKEN_EMBEDDING`]), its `config.json`
+/// and the `vocab.json` it was trained with (`old_vocab`). Every world token keeps the embedding
+/// row it had under its old id, so the world's words encode exactly as before; the config's
+/// vocabulary size and special-token ids follow. Returns false (and changes nothing) when the
+/// tower already has the world vocabulary.
+pub fn cut_text_tower_vocabulary(weights: &Path, config: &Path, old_vocab: &Path) -> Result<bool> {
+    let bpe = world_bpe()?;
+    let read_json = |p: &Path| -> Result<Value> {
+        let text = std::fs::read_to_string(p).map_err(|e| TrainError::io(p, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::io(p, e))
+    };
+    let vocab = read_json(old_vocab)?;
+    let vocab = vocab
+        .as_object()
+        .ok_or_else(|| TrainError::io(old_vocab, "not a token → id map"))?;
+    if vocab.len() == bpe.tokens.len() {
+        return Ok(false);
+    }
+    let mut file = crate::checkpoint::TensorFile::read(weights)?;
+    let (shape, table) = file
+        .get(TOKEN_EMBEDDING)
+        .map(|(s, v)| (s.to_vec(), v.to_vec()))
+        .ok_or_else(|| TrainError::io(weights, format!("no `{TOKEN_EMBEDDING}`")))?;
+    let [rows, dim] = shape[..] else {
+        return Err(TrainError::io(weights, "the token embedding is not 2-D"));
+    };
+    if rows != vocab.len() {
+        return Err(TrainError::io(
+            weights,
+            format!(
+                "{rows} embedding rows but {} tokens in its vocab.json",
+                vocab.len()
+            ),
+        ));
+    }
+    let mut cut = Vec::with_capacity(bpe.tokens.len() * dim);
+    for token in &bpe.tokens {
+        let old = vocab
+            .get(token)
+            .and_then(Value::as_u64)
+            .map(|i| i as usize)
+            .filter(|&i| i < rows)
+            .ok_or_else(|| TrainError::io(old_vocab, format!("no token `{token}`")))?;
+        cut.extend_from_slice(&table[old * dim..(old + 1) * dim]);
+    }
+    file.insert(TOKEN_EMBEDDING, vec![bpe.tokens.len(), dim], cut);
+    let mut cfg = read_json(config)?;
+    let (bos, eos) = (bpe.tokens.len() - 2, bpe.tokens.len() - 1);
+    cfg["vocab_size"] = json!(bpe.tokens.len());
+    cfg["bos_token_id"] = json!(bos);
+    // The legacy `eos_token_id == 2` pools at the largest id, which is still `<|endoftext|>`.
+    if cfg["eos_token_id"].as_u64() != Some(2) {
+        cfg["eos_token_id"] = json!(eos);
+    }
+    cfg["pad_token_id"] = json!(eos);
+    if let Some(text) = cfg.get_mut("text_config") {
+        text["vocab_size"] = json!(bpe.tokens.len());
+        text["bos_token_id"] = json!(bos);
+        if text["eos_token_id"].as_u64() != Some(2) {
+            text["eos_token_id"] = json!(eos);
+        }
+        text["pad_token_id"] = json!(eos);
+    }
+    let dtype = first_dtype(weights)?;
+    write_atomic(weights, &file.to_bytes_as(dtype)?).map_err(|e| TrainError::io(weights, e))?;
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::io(config, e))?;
+    write_atomic(config, text.as_bytes()).map_err(|e| TrainError::io(config, e))?;
+    Ok(true)
+}
+
+/// The dtype a safetensors file stores its tensors in (its first tensor's).
+fn first_dtype(path: &Path) -> Result<safetensors::Dtype> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| TrainError::io(path, format!("{e:?}")))?;
+    Ok(meta
+        .tensors()
+        .values()
+        .next()
+        .map(|t| t.dtype)
+        .unwrap_or(safetensors::Dtype::F32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +334,62 @@ mod tests {
         ] {
             assert_eq!(loaded.encode(text), world.encode(text), "{text}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A tower trained on CLIP's full vocabulary keeps, for every world token, the embedding row
+    /// of that token's old id; the config follows; a second cut is a no-op.
+    #[test]
+    fn cutting_a_full_vocabulary_tower_keeps_each_world_tokens_row() {
+        let dir = std::env::temp_dir().join(format!("likeness-cut-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let full = clip_bpe_from_gz(CLIP_BPE_GZ).unwrap();
+        let vocab: Map<String, Value> = full
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        std::fs::write(dir.join("vocab.json"), Value::Object(vocab).to_string()).unwrap();
+        let rows = full.tokens.len();
+        let mut file = crate::checkpoint::TensorFile::default();
+        // Row i holds (i, -i): where each row came from stays readable.
+        let table: Vec<f32> = (0..rows).flat_map(|i| [i as f32, -(i as f32)]).collect();
+        file.insert(TOKEN_EMBEDDING, vec![rows, 2], table);
+        file.insert(
+            "text_model.final_layer_norm.weight",
+            vec![2],
+            vec![1.0, 1.0],
+        );
+        let weights = dir.join("model.safetensors");
+        std::fs::write(&weights, file.to_bytes().unwrap()).unwrap();
+        let config = dir.join("config.json");
+        std::fs::write(
+            &config,
+            json!({"vocab_size": rows, "bos_token_id": rows - 2, "eos_token_id": rows - 1})
+                .to_string(),
+        )
+        .unwrap();
+
+        assert!(cut_text_tower_vocabulary(&weights, &config, &dir.join("vocab.json")).unwrap());
+        let world = world_bpe().unwrap();
+        let cut = crate::checkpoint::TensorFile::read(&weights).unwrap();
+        let (shape, values) = cut.get(TOKEN_EMBEDDING).unwrap();
+        assert_eq!(shape, [world.tokens.len(), 2]);
+        for (new, token) in world.tokens.iter().enumerate() {
+            let old = full.tokens.iter().position(|t| t == token).unwrap();
+            assert_eq!(values[new * 2], old as f32, "{token}");
+            assert_eq!(values[new * 2 + 1], -(old as f32), "{token}");
+        }
+        assert!(cut.get("text_model.final_layer_norm.weight").is_some());
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        assert_eq!(cfg["vocab_size"], json!(world.tokens.len()));
+        assert_eq!(cfg["eos_token_id"], json!(world.tokens.len() - 1));
+        assert_eq!(cfg["bos_token_id"], json!(world.tokens.len() - 2));
+
+        write_tokenizer_files(&dir).unwrap();
+        assert!(!cut_text_tower_vocabulary(&weights, &config, &dir.join("vocab.json")).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
