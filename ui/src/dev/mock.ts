@@ -96,6 +96,27 @@ mockIPC((cmd, raw) => {
       return photos.filter((p) => p.projectId === a.projectId);
     case 'import_photos':
       return { imported: [], skipped: a.paths.map((path: string) => ({ path, reason: 'not an image' })) };
+    case 'list_builtin_concepts':
+      return [
+        { name: 'star-creature', description: 'A five-armed star creature of the built-in world', classNoun: 'creature' },
+        { name: 'red-dog', description: 'A red dog of the built-in world', classNoun: 'dog' },
+      ];
+    case 'import_builtin_concept': {
+      const added = Array.from({ length: 4 }, (_, i): Photo => ({
+        id: nextId++,
+        projectId: a.projectId,
+        sourceName: `${a.concept}-${i}.png`,
+        width: 512,
+        height: 512,
+        thumb: `p/${a.projectId}/b${i}.png`,
+        normalized: `p/${a.projectId}/bn${i}.png`,
+        flags: { nearDuplicateOf: null, blurry: false },
+      }));
+      photos.push(...added);
+      const p = projects.find((x) => x.id === a.projectId);
+      if (p) p.photoCount += added.length;
+      return { imported: added.map((photo) => ({ source: photo.sourceName, photo, notes: [] })), skipped: [] };
+    }
     case 'crop_preview':
       return `crops/${a.photoId}.png`;
     case 'list_base_models':

@@ -11,6 +11,7 @@
 import { Channel, invoke } from '@tauri-apps/api/core';
 import type {
   BaseModel,
+  BuiltinConcept,
   CompareTable,
   DpoSettings,
   DreamBoothSettings,
@@ -101,6 +102,13 @@ export const listPhotos = (args: { projectId: Id }) => invoke<Photo[]>('list_pho
 
 export const importPhotos = (args: { projectId: Id; paths: string[] }) =>
   invoke<ImportReport>('import_photos', args);
+
+/** The built-in subjects whose rendered photos `import_builtin_concept` can import. */
+export const listBuiltinConcepts = () => invoke<BuiltinConcept[]>('list_builtin_concepts');
+
+/** Imports a built-in subject's rendered photos into the project, as an artist's folder would be. */
+export const importBuiltinConcept = (args: { projectId: Id; concept: string }) =>
+  invoke<ImportReport>('import_builtin_concept', args);
 
 export const removePhoto = (args: { photoId: Id }) => invoke<void>('remove_photo', args);
 

@@ -1,5 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { exportFileName, formatBytes, formatEta, formatLoss, formatLr, formatRate, percent } from './format';
+import {
+  defaultExportPath,
+  exportFileName,
+  formatBytes,
+  formatEta,
+  formatLoss,
+  formatLr,
+  formatRate,
+  loraName,
+  percent,
+  safeFileStem,
+  withSafetensors,
+} from './format';
 
 describe('formatEta', () => {
   it('shows seconds, minutes and hours', () => {
@@ -73,5 +85,43 @@ describe('exportFileName', () => {
     expect(exportFileName('Rex', 'DPO 1')).toBe('Rex-DPO-1.safetensors');
     expect(exportFileName('My dog: Rex?', 'DreamBooth')).toBe('My-dog-Rex-DreamBooth.safetensors');
     expect(exportFileName('', '')).toBe('lora.safetensors');
+  });
+});
+
+describe('defaultExportPath', () => {
+  it('puts <project>-<label>.safetensors under <dir>/exports', () => {
+    expect(defaultExportPath('/home/a/Likeness', 'Rex', 'DPO 1')).toBe('/home/a/Likeness/exports/Rex-DPO-1.safetensors');
+    expect(defaultExportPath('/home/a/Likeness/', 'Rex', 'DreamBooth')).toBe(
+      '/home/a/Likeness/exports/Rex-DreamBooth.safetensors',
+    );
+    expect(defaultExportPath('/', '', '')).toBe('/exports/lora.safetensors');
+  });
+
+  it('joins with backslashes when the dir has one', () => {
+    expect(defaultExportPath('C:\\Users\\a\\Likeness', 'Rex', 'DPO 2')).toBe(
+      'C:\\Users\\a\\Likeness\\exports\\Rex-DPO-2.safetensors',
+    );
+  });
+
+  it('keeps letters, digits, - and _ and makes everything else -', () => {
+    expect(safeFileStem('My dog: Rex?')).toBe('My-dog--Rex-');
+    expect(safeFileStem('a_b-c/d\\e.f')).toBe('a_b-c-d-e-f');
+    expect(safeFileStem('Rëx 日本 2')).toBe('Rëx-日本-2');
+  });
+});
+
+describe('withSafetensors / loraName', () => {
+  it('appends the extension unless present', () => {
+    expect(withSafetensors('/tmp/a')).toBe('/tmp/a.safetensors');
+    expect(withSafetensors(' /tmp/a.safetensors ')).toBe('/tmp/a.safetensors');
+    expect(withSafetensors('/tmp/a.SAFETENSORS')).toBe('/tmp/a.SAFETENSORS');
+    expect(withSafetensors('/tmp/a.ckpt')).toBe('/tmp/a.ckpt.safetensors');
+    expect(withSafetensors('  ')).toBe('');
+  });
+
+  it('takes the file name without the extension', () => {
+    expect(loraName('/home/a/exports/Rex-DPO-1.safetensors')).toBe('Rex-DPO-1');
+    expect(loraName('C:\\x\\y.safetensors')).toBe('y');
+    expect(loraName('')).toBe('');
   });
 });

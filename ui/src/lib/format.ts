@@ -89,3 +89,32 @@ export function exportFileName(project: string, label: string): string {
   const name = [clean(project), clean(label)].filter((s) => s !== '').join('-');
   return `${name || 'lora'}.safetensors`;
 }
+
+/** A file-name part: letters and digits (any script), `-` and `_` kept, every other character made `-`. */
+export function safeFileStem(s: string): string {
+  return s.replace(/[^\p{L}\p{N}_-]/gu, '-');
+}
+
+/**
+ * The default export destination: `<workspace dir>/exports/<project>-<label>.safetensors`, the name
+ * made safe with `safeFileStem`; joined with `\` when the workspace dir has one (Windows), else `/`.
+ */
+export function defaultExportPath(dir: string, project: string, label: string): string {
+  const sep = dir.includes('\\') ? '\\' : '/';
+  const base = dir.replace(/[\\/]+$/, '');
+  const stem = [safeFileStem(project), safeFileStem(label)].filter((s) => s !== '').join('-') || 'lora';
+  return `${base}${sep}exports${sep}${stem}.safetensors`;
+}
+
+/** The path with `.safetensors` appended unless it already ends so (any case); surrounding blanks dropped. */
+export function withSafetensors(path: string): string {
+  const p = path.trim();
+  if (p === '') return p;
+  return /\.safetensors$/i.test(p) ? p : `${p}.safetensors`;
+}
+
+/** The file name of a path (either separator) without its `.safetensors` extension. */
+export function loraName(path: string): string {
+  const name = path.trim().split(/[\\/]/).pop() ?? '';
+  return name.replace(/\.safetensors$/i, '');
+}

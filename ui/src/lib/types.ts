@@ -46,6 +46,14 @@ export interface ImportReport {
   skipped: { path: string; reason: string }[];
 }
 
+/** A subject the studio can render itself (the built-in world's concepts), for starting without photos. */
+export interface BuiltinConcept {
+  name: string;
+  description: string;
+  /** The class noun that suits it ("dog"). */
+  classNoun: string;
+}
+
 export type BaseModelKind = 'builtin' | 'diffusers' | 'single_file';
 
 export interface BaseModel {

@@ -4,10 +4,10 @@ import { describe, expect, it } from 'vitest';
 import { app } from '../lib/app.svelte';
 import type { ImportReport, Photo } from '../lib/types';
 import { photo, project } from '../test/fixtures';
-import { callsOf, mockBackend } from '../test/ipc';
+import { callsOf, mockBackend, type Handler } from '../test/ipc';
 import Subject from './Subject.svelte';
 
-function setup(initial: Photo[]) {
+function setup(initial: Photo[], over: Record<string, Handler> = {}) {
   let photos = initial;
   const report: ImportReport = {
     imported: [{ source: '/home/a/new.jpg', photo: photo(10, { sourceName: 'new.jpg' }), notes: ['rotated upright (EXIF)'] }],
@@ -29,6 +29,7 @@ function setup(initial: Photo[]) {
       return null;
     },
     crop_preview: (a) => `projects/1/crops/${a.photoId}-${a.resolution}.png`,
+    ...over,
   });
   return calls;
 }
@@ -114,5 +115,80 @@ describe('Subject screen', () => {
     await fireEvent.click(screen.getByRole('button', { name: 'Remove IMG_2.jpg' }));
     await waitFor(() => expect(screen.getAllByTestId('photo-item')).toHaveLength(1));
     expect(callsOf(calls, 'remove_photo')).toEqual([{ photoId: 2 }]);
+  });
+
+  describe('built-in subjects', () => {
+    const CONCEPTS = [
+      { name: 'star-creature', description: 'A star-shaped creature', classNoun: 'creature' },
+      { name: 'red-dog', description: 'A red dog', classNoun: 'dog' },
+    ];
+
+    it('imports the chosen built-in subject, shows the report and refreshes the grid', async () => {
+      let photos: Photo[] = [];
+      const rendered = [photo(21, { sourceName: 'red-dog-0.png' }), photo(22, { sourceName: 'red-dog-1.png' })];
+      const calls = setup([], {
+        list_photos: () => photos,
+        list_builtin_concepts: () => CONCEPTS,
+        import_builtin_concept: () => {
+          photos = rendered;
+          return {
+            imported: rendered.map((p) => ({ source: `builtin:${p.sourceName}`, photo: p, notes: [] })),
+            skipped: [{ path: 'builtin:red-dog-2.png', reason: 'near-duplicate' }],
+          } satisfies ImportReport;
+        },
+      });
+      await openProject();
+      render(Subject);
+      const buttons = await screen.findAllByTestId('builtin-concept');
+      expect(buttons.map((b) => b.getAttribute('data-concept'))).toEqual(['star-creature', 'red-dog']);
+      expect(screen.getByText('Or start from a built-in subject:')).toBeTruthy();
+      const button = buttons[1];
+      expect(button.tagName).toBe('BUTTON');
+      expect(button.getAttribute('title')).toBe('A red dog');
+      await fireEvent.click(button);
+      const report = await screen.findByTestId('import-report');
+      expect(callsOf(calls, 'import_builtin_concept')).toEqual([{ projectId: 1, concept: 'red-dog' }]);
+      expect(callsOf(calls, 'import_photos')).toHaveLength(0);
+      expect(report.textContent).toContain('Imported 2 photos');
+      expect(within(report).getAllByTestId('import-skipped').map((li) => li.textContent)).toEqual([
+        'builtin:red-dog-2.png — near-duplicate',
+      ]);
+      await waitFor(() => expect(screen.getAllByTestId('photo-item')).toHaveLength(2));
+      expect(callsOf(calls, 'list_projects').length).toBeGreaterThanOrEqual(2);
+    });
+
+    it('shows a failed built-in import in the error bar', async () => {
+      setup([], {
+        list_builtin_concepts: () => CONCEPTS,
+        import_builtin_concept: () => Promise.reject('rendering failed: out of memory\nbacktrace…'),
+      });
+      await openProject();
+      render(Subject);
+      await fireEvent.click((await screen.findAllByTestId('builtin-concept'))[0]);
+      await waitFor(() => expect(app.error).toBe('rendering failed: out of memory'));
+      expect(screen.queryByTestId('import-report')).toBeNull();
+    });
+
+    it('is hidden when there are no built-in subjects', async () => {
+      const calls = setup([photo(1)], { list_builtin_concepts: () => [] });
+      await openProject();
+      render(Subject);
+      await waitFor(() => expect(screen.getAllByTestId('photo-item')).toHaveLength(1));
+      await waitFor(() => expect(callsOf(calls, 'list_builtin_concepts')).toHaveLength(1));
+      await Promise.resolve();
+      expect(screen.queryByTestId('builtin-concept')).toBeNull();
+      expect(screen.queryByText('Or start from a built-in subject:')).toBeNull();
+    });
+
+    it('is hidden, without an error, when the list cannot be had', async () => {
+      const calls = setup([photo(1)], { list_builtin_concepts: () => Promise.reject('unknown command') });
+      await openProject();
+      render(Subject);
+      await waitFor(() => expect(screen.getAllByTestId('photo-item')).toHaveLength(1));
+      await waitFor(() => expect(callsOf(calls, 'list_builtin_concepts')).toHaveLength(1));
+      await Promise.resolve();
+      expect(screen.queryByTestId('builtin-concept')).toBeNull();
+      expect(app.error).toBeNull();
+    });
   });
 });

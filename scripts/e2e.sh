@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# End-to-end test of the real desktop app: builds it (`tauri build --debug --no-bundle`, the UI
+# embedded) and walks it through tauri-driver + WebKitWebDriver under Xvfb
+# (tests/e2e/app.e2e.mjs), then checks the exported LoRA with `likeness generate --lora`.
+# Screenshots of each screen go to $E2E_OUT (default target/e2e).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+out="${E2E_OUT:-$target/e2e}"
+rm -rf "$out"
+mkdir -p "$out"
+(cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build)
+ui/node_modules/.bin/tauri build --debug --no-bundle --ci
+cargo build --locked -p likeness-cli
+app="$target/debug/likeness-app"
+workspace="$(mktemp -d)"
+trap 'rm -rf "$workspace"' EXIT
+export LIKENESS_WORKSPACE="$workspace" LIKENESS_DEVICE=cpu E2E_EXPORT="$out/e2e-kohya.safetensors"
+export LIKENESS_MODELS="$PWD/assets/models"
+xvfb-run -a --server-args="-screen 0 1400x1000x24" bash -c '
+  tauri-driver --port 4444 > "$0/tauri-driver.log" 2>&1 &
+  driver=$!
+  for _ in $(seq 50); do curl -s http://127.0.0.1:4444/status >/dev/null && break; sleep 0.2; done
+  node tests/e2e/app.e2e.mjs "$1" "$0"
+  rc=$?
+  kill $driver 2>/dev/null
+  exit $rc
+' "$out" "$app"
+"$target/debug/likeness" generate --model assets/models/world-sd --device cpu \
+  --lora "$out/e2e-kohya.safetensors" --prompt "a photo of sks star" --steps 4 \
+  --out "$out/lora-check" >/dev/null
+echo "e2e: the exported kohya LoRA generates ($out/lora-check); screenshots in $out"
