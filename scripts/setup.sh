@@ -13,9 +13,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need_pkgs=(build-essential pkg-config curl ca-certificates)
+# The desktop app (Tauri 2): WebKitGTK 4.1 and friends.
+need_pkgs+=(libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev)
 if [ "$mode" = "test" ]; then
-  # Mesa's CPU Vulkan driver (lavapipe) runs the wgpu smoke test without a GPU.
-  need_pkgs+=(mesa-vulkan-drivers libvulkan1)
+  # Mesa's CPU Vulkan driver (lavapipe) runs the wgpu smoke test without a GPU; the app's
+  # end-to-end test drives WebKitWebDriver under Xvfb.
+  need_pkgs+=(mesa-vulkan-drivers libvulkan1 webkit2gtk-driver xvfb xauth)
 fi
 
 missing=()
@@ -41,4 +44,14 @@ if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
+fi
+
+# The front end needs Node.js 20.19 or newer with npm (Vite 7).
+if ! command -v node >/dev/null 2>&1 || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
+  echo "setup: Node.js >= 20.19 with npm is needed for the app's front end (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+if [ "$mode" = "test" ] && ! command -v tauri-driver >/dev/null 2>&1; then
+  echo "setup: installing tauri-driver 2.1.0" >&2
+  cargo install --locked --quiet tauri-driver --version 2.1.0
 fi

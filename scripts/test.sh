@@ -11,3 +11,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked 2>&1
+echo "== front end: vitest, svelte-check"
+(cd ui && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check)
+echo "== end to end: the built app"
+scripts/e2e.sh
