@@ -36,6 +36,22 @@ pub enum StudioError {
     /// A stored picture could not be decoded.
     #[error("{path}: {message}")]
     Image { path: PathBuf, message: String },
+    /// A trainer stopped with an error (its message names the file, step or setting).
+    #[error(transparent)]
+    Train(#[from] likeness_train::TrainError),
+    /// The model code refused a model, a file or a device.
+    #[error(transparent)]
+    Model(#[from] likeness_models::ModelError),
+    /// A job cannot do what was asked in its current state (resume a finished job…).
+    #[error("job {id} is {status}: {message}")]
+    JobState {
+        id: i64,
+        status: &'static str,
+        message: String,
+    },
+    /// Another process runs the jobs of this workspace.
+    #[error("{path}: another Likeness is running the jobs of this workspace")]
+    Busy { path: PathBuf },
 }
 
 /// The studio's result type.

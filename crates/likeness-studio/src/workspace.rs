@@ -1,5 +1,6 @@
 //! The workspace: a folder holding `likeness.db` (SQLite, versioned migrations) and the files of
-//! every project, with the typed API the app and the CLI use for projects, photos and base models.
+//! every project, with the typed API the app and the CLI use for projects, photos, base models
+//! and workspace settings (the CLIP model that scores galleries and DPO candidates).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,6 +74,47 @@ const MIGRATIONS: &[&str] = &[
         format TEXT NOT NULL,
         path TEXT NOT NULL,
         created_at INTEGER NOT NULL
+    );
+    "#,
+    // v2: the job queue, DPO stages as runs (one row per stage, sharing the DPO run's folder),
+    // gallery images with their scores, and workspace settings.
+    r#"
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+        status TEXT NOT NULL CHECK (status IN
+            ('queued', 'running', 'done', 'failed', 'cancelled', 'interrupted')),
+        settings TEXT NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        total INTEGER NOT NULL DEFAULT 0,
+        message TEXT,
+        queue_order INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_queue ON jobs(status, queue_order);
+    ALTER TABLE runs ADD COLUMN stage INTEGER;
+    ALTER TABLE runs ADD COLUMN base_model_id INTEGER REFERENCES base_models(id) ON DELETE SET NULL;
+    ALTER TABLE runs ADD COLUMN steps INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE galleries ADD COLUMN project_id INTEGER REFERENCES projects(id) ON DELETE CASCADE;
+    ALTER TABLE galleries ADD COLUMN job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL;
+    ALTER TABLE galleries ADD COLUMN spec TEXT;
+    CREATE INDEX galleries_project ON galleries(project_id);
+    CREATE TABLE gallery_images (
+        id INTEGER PRIMARY KEY,
+        gallery_id INTEGER NOT NULL REFERENCES galleries(id) ON DELETE CASCADE,
+        prompt_index INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        image_score REAL,
+        text_score REAL
+    );
+    CREATE INDEX gallery_images_gallery ON gallery_images(gallery_id);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
     );
     "#,
 ];
@@ -264,7 +306,10 @@ fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
     })
 }
 
-fn json_column<T: serde::de::DeserializeOwned>(row: &Row, idx: usize) -> rusqlite::Result<T> {
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    idx: usize,
+) -> rusqlite::Result<T> {
     let text: String = row.get(idx)?;
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
@@ -428,8 +473,24 @@ impl Workspace {
         self.project(id)
     }
 
-    /// Deletes a project, its rows (photos, runs… by cascade) and its folder.
+    /// Deletes a project, its rows (photos, runs, jobs… by cascade) and its folder; refused
+    /// while one of its jobs is queued or running (its files are in use).
     pub fn delete_project(&mut self, id: ProjectId) -> Result<()> {
+        let busy: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM jobs WHERE project_id = ?1 AND status IN ('queued', 'running')
+                 ORDER BY id LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?;
+        if let Some(job) = busy {
+            return Err(StudioError::Invalid(format!(
+                "project {id} has job {job} queued or running; cancel it before deleting the project"
+            )));
+        }
         let changed = self
             .conn
             .execute("DELETE FROM projects WHERE id = ?1", [id])
@@ -614,28 +675,26 @@ impl Workspace {
             ))
             .map_err(|e| self.db_err(e))?;
         let rows = stmt
-            .query_map([], |row| {
-                let path: String = row.get(2)?;
-                let kind: String = row.get(3)?;
-                let kind = BaseModelKind::parse(&kind).ok_or_else(|| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        3,
-                        rusqlite::types::Type::Text,
-                        format!("unknown base model kind `{kind}`").into(),
-                    )
-                })?;
-                Ok(BaseModel {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    path: PathBuf::from(path),
-                    kind,
-                    summary: json_column(row, 4)?,
-                    added_at: row.get(5)?,
-                })
-            })
+            .query_map([], base_model_from_row)
             .map_err(|e| self.db_err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.db_err(e))
+    }
+
+    /// One base model.
+    pub fn base_model(&self, id: BaseModelId) -> Result<BaseModel> {
+        self.conn
+            .query_row(
+                &format!("SELECT {BASE_MODEL_COLUMNS} FROM base_models WHERE id = ?1"),
+                [id],
+                base_model_from_row,
+            )
+            .optional()
+            .map_err(|e| self.db_err(e))?
+            .ok_or(StudioError::NotFound {
+                what: "base model",
+                id,
+            })
     }
 
     /// Forgets a base model (its files are the user's and stay where they are).
@@ -652,6 +711,83 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+impl Workspace {
+    // ---- settings ----
+
+    /// A workspace setting, if set.
+    pub(crate) fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM settings WHERE key = ?1", [key]),
+        }
+        .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// The CLIP model folder (transformers `CLIPModel` layout) that scores likeness (IS) and
+    /// prompt following (TS) for models other than the built-in one; `None` when not chosen.
+    pub fn clip_model(&self) -> Result<Option<PathBuf>> {
+        Ok(self.setting(CLIP_MODEL_SETTING)?.map(PathBuf::from))
+    }
+
+    /// Chooses (or with `None` forgets) the CLIP model folder; it must hold a `config.json`.
+    pub fn set_clip_model(&mut self, dir: Option<&Path>) -> Result<()> {
+        let value = match dir {
+            Some(dir) => {
+                let config = dir.join("config.json");
+                if !config.is_file() {
+                    return Err(StudioError::NotAModel(format!(
+                        "{}: no config.json; choose a transformers CLIPModel folder",
+                        dir.display()
+                    )));
+                }
+                let dir = dir.canonicalize().map_err(|e| StudioError::io(dir, e))?;
+                Some(dir.to_string_lossy().into_owned())
+            }
+            None => None,
+        };
+        self.set_setting(CLIP_MODEL_SETTING, value.as_deref())
+    }
+}
+
+/// The settings key of the CLIP model folder.
+const CLIP_MODEL_SETTING: &str = "clip_model";
+
+fn base_model_from_row(row: &Row) -> rusqlite::Result<BaseModel> {
+    let path: String = row.get(2)?;
+    let kind: String = row.get(3)?;
+    let kind = BaseModelKind::parse(&kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown base model kind `{kind}`").into(),
+        )
+    })?;
+    Ok(BaseModel {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        path: PathBuf::from(path),
+        kind,
+        summary: json_column(row, 4)?,
+        added_at: row.get(5)?,
+    })
 }
 
 /// Brings the database to `migrations.len()`, one transaction per version, or refuses a database
@@ -728,6 +864,34 @@ pub(crate) fn remove_file_if_present(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v1_database_gains_the_job_tables_and_keeps_its_runs() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let path = Path::new("mem.db");
+        migrate(&mut conn, path, &MIGRATIONS[..1]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO projects (name, token, class, created_at) VALUES ('A', 'sks', 'dog', 0);
+             INSERT INTO runs (project_id, kind, dir, status, created_at)
+             VALUES (1, 'dreambooth', 'projects/1/runs/1-dreambooth', 'done', 0);",
+        )
+        .unwrap();
+        migrate(&mut conn, path, MIGRATIONS).unwrap();
+        assert_eq!(read_version(&conn).unwrap(), SCHEMA_VERSION);
+        let (stage, steps, dir): (Option<i64>, i64, String) = conn
+            .query_row("SELECT stage, steps, dir FROM runs WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (stage, steps, dir.as_str()),
+            (None, 0, "projects/1/runs/1-dreambooth")
+        );
+        let jobs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jobs, 0);
+    }
 
     #[test]
     fn a_failing_migration_leaves_the_previous_version_intact() {

@@ -6,13 +6,13 @@ use common::{TempDir, fixture};
 use likeness_studio::{BaseModelKind, SCHEMA_VERSION, StudioError, Workspace};
 
 #[test]
-fn migrations_create_v1_and_reopening_is_a_no_op() {
+fn migrations_create_the_schema_and_reopening_is_a_no_op() {
     let dir = TempDir::new("migrate");
     let ws_dir = dir.join("ws");
     {
         let mut ws = Workspace::open(&ws_dir).expect("open new workspace");
         assert_eq!(ws.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(SCHEMA_VERSION, 2);
         ws.create_project("Rex", "sks", "dog").unwrap();
     }
     assert!(ws_dir.join("likeness.db").is_file());
@@ -26,7 +26,7 @@ fn migrations_create_v1_and_reopening_is_a_no_op() {
     let applied: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(applied, 1, "reopening applies no migration twice");
+    assert_eq!(applied, 2, "reopening applies no migration twice");
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -42,10 +42,13 @@ fn migrations_create_v1_and_reopening_is_a_no_op() {
         "base_models",
         "exports",
         "galleries",
+        "gallery_images",
+        "jobs",
         "photos",
         "projects",
         "runs",
         "schema_version",
+        "settings",
     ] {
         assert!(
             tables.iter().any(|x| x == t),
