@@ -2,7 +2,7 @@
 # End-to-end test of the real desktop app: builds it (`tauri build --debug --no-bundle`, the UI
 # embedded) and walks it through tauri-driver + WebKitWebDriver under Xvfb
 # (tests/e2e/app.e2e.mjs), then checks the exported LoRA with `likeness generate --lora`.
-# Screenshots of each screen go to $E2E_OUT (default target/e2e).
+# Screenshots of each screen go to $E2E_OUT (default $CARGO_TARGET_DIR/e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
@@ -11,13 +11,19 @@ out="${E2E_OUT:-$target/e2e}"
 rm -rf "$out"
 mkdir -p "$out"
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build)
-ui/node_modules/.bin/tauri build --debug --no-bundle --ci
-cargo build --locked -p likeness-cli
+# E2E_CARGO_ARGS: extra cargo arguments, e.g. --no-default-features for a CPU-only build.
+# shellcheck disable=SC2086
+ui/node_modules/.bin/tauri build --debug --no-bundle --ci -- --locked ${E2E_CARGO_ARGS:-}
+# shellcheck disable=SC2086
+cargo build --locked -p likeness-cli ${E2E_CARGO_ARGS:-}
 app="$target/debug/likeness-app"
 workspace="$(mktemp -d)"
 trap 'rm -rf "$workspace"' EXIT
 export LIKENESS_WORKSPACE="$workspace" LIKENESS_DEVICE=cpu E2E_EXPORT="$out/e2e-kohya.safetensors"
 export LIKENESS_MODELS="$PWD/assets/models"
+# Software compositing: under Xvfb, WebKitGTK's accelerated compositing leaves page snapshots
+# (WebDriver screenshots) waiting for frames that never come.
+export WEBKIT_DISABLE_COMPOSITING_MODE=1
 xvfb-run -a --server-args="-screen 0 1400x1000x24" bash -c '
   tauri-driver --port 4444 > "$0/tauri-driver.log" 2>&1 &
   driver=$!

@@ -18,7 +18,7 @@ need_pkgs+=(libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libx
 if [ "$mode" = "test" ]; then
   # Mesa's CPU Vulkan driver (lavapipe) runs the wgpu smoke test without a GPU; the app's
   # end-to-end test drives WebKitWebDriver under Xvfb.
-  need_pkgs+=(mesa-vulkan-drivers libvulkan1 webkit2gtk-driver xvfb xauth)
+  need_pkgs+=(mesa-vulkan-drivers libvulkan1 webkit2gtk-driver xvfb xauth x11-apps)
 fi
 
 missing=()

@@ -9,7 +9,9 @@
 // A screenshot of each screen is saved. The caller checks the exported file with
 // `likeness generate --lora` (scripts/e2e.sh).
 
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import zlib from 'node:zlib';
 import { join } from 'node:path';
 
 const [app, shots = 'target/e2e-screens'] = process.argv.slice(2);
@@ -21,11 +23,12 @@ mkdirSync(shots, { recursive: true });
 const DRIVER = process.env.TAURI_DRIVER_URL ?? 'http://127.0.0.1:4444';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function wd(method, path, body) {
+async function wd(method, path, body, timeoutMs = 120_000) {
   const res = await fetch(`${DRIVER}${path}`, {
     method,
     headers: { 'content-type': 'application/json' },
     body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(timeoutMs),
   });
   const json = await res.json().catch(() => ({}));
   if (!res.ok) {
@@ -36,6 +39,16 @@ async function wd(method, path, body) {
 }
 
 const ELEMENT = 'element-6066-11e4-a07c-4f3b8e6e0f0b';
+/** The key the driver names element references with: the W3C one, WebKitWebDriver's
+ * variant of it (`element-6066-11e4-a52e-4f735466cecf`) or the legacy `ELEMENT`. */
+let elementKey = ELEMENT;
+/** An element reference's id. */
+function elementId(v) {
+  if (!v || typeof v !== 'object') return undefined;
+  const key = Object.keys(v).find((k) => k.startsWith('element-6066') || k === 'ELEMENT');
+  if (key) elementKey = key;
+  return key ? v[key] : undefined;
+}
 let session;
 
 async function start() {
@@ -52,12 +65,14 @@ const s = (path) => `/session/${session}${path}`;
 
 async function find(css) {
   const v = await wd('POST', s('/element'), { using: 'css selector', value: css });
-  return v[ELEMENT];
+  const id = elementId(v);
+  if (!id) throw new Error(`no element id in ${JSON.stringify(v)}`);
+  return id;
 }
 
 async function findAll(css) {
   const v = await wd('POST', s('/elements'), { using: 'css selector', value: css });
-  return v.map((e) => e[ELEMENT]);
+  return v.map(elementId);
 }
 
 /** Waits until `css` matches an element (and `check(id)` holds), then returns it. */
@@ -87,15 +102,70 @@ async function type(id, value) {
 const tid = (name) => `[data-testid="${name}"]`;
 
 let shotNo = 0;
+/**
+ * Saves the Xvfb screen as a PNG. WebKitWebDriver's own screenshot waits forever under Xvfb
+ * more often than not (WebKitGTK snapshots wait for a frame), so the picture is taken from
+ * the X server with `xwd` and converted here.
+ */
 async function shot(name) {
+  await sleep(600);
+  const file = join(shots, `${String(++shotNo).padStart(2, '0')}-${name}.png`);
   try {
-    const png = await wd('GET', s('/screenshot'));
-    const file = join(shots, `${String(++shotNo).padStart(2, '0')}-${name}.png`);
-    writeFileSync(file, Buffer.from(png, 'base64'));
+    const xwd = execFileSync('xwd', ['-root', '-silent'], { maxBuffer: 64 << 20 });
+    writeFileSync(file, xwdToPng(xwd));
     console.log(`screenshot ${file}`);
   } catch (e) {
     console.log(`screenshot ${name} failed: ${e.message}`);
   }
+}
+
+/** A 24/32-bit TrueColor ZPixmap XWD dump (what `xwd` gives on Xvfb) as PNG bytes. */
+function xwdToPng(buf) {
+  const u32 = (i) => buf.readUInt32BE(i * 4);
+  const [headerSize, , format, , width, height] = [0, 1, 2, 3, 4, 5].map(u32);
+  const byteOrder = u32(7);
+  const bitsPerPixel = u32(11);
+  const bytesPerLine = u32(12);
+  const masks = [u32(14), u32(15), u32(16)];
+  const ncolors = u32(19);
+  if (format !== 2 || (bitsPerPixel !== 32 && bitsPerPixel !== 24)) {
+    throw new Error(`unsupported xwd (format ${format}, ${bitsPerPixel} bpp)`);
+  }
+  const shifts = masks.map((m) => 31 - Math.clz32(m & -m));
+  const data = headerSize + ncolors * 12;
+  const step = bitsPerPixel / 8;
+  const raw = Buffer.alloc(height * (1 + width * 3));
+  for (let y = 0; y < height; y++) {
+    const row = y * (1 + width * 3);
+    for (let x = 0; x < width; x++) {
+      const at = data + y * bytesPerLine + x * step;
+      let px = 0;
+      for (let b = 0; b < step; b++) {
+        const byte = buf[at + b];
+        px |= byteOrder === 0 ? byte << (8 * b) : byte << (8 * (step - 1 - b));
+      }
+      px >>>= 0;
+      for (let c = 0; c < 3; c++) raw[row + 1 + x * 3 + c] = (px & masks[c]) >>> shifts[c];
+    }
+  }
+  const chunk = (type, body) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(body.length);
+    const tb = Buffer.concat([Buffer.from(type, 'ascii'), body]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32(tb) >>> 0);
+    return Buffer.concat([len, tb, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
 }
 
 async function errorBar() {
@@ -134,12 +204,12 @@ async function main() {
           using: 'css selector',
           value: tid('project-name'),
         });
-        if ((await text(name[ELEMENT])) === 'E2E star') {
+        if ((await text(elementId(name))) === 'E2E star') {
           const open = await wd('POST', s(`/element/${card}/element`), {
             using: 'css selector',
             value: tid('project-open'),
           });
-          await click(open[ELEMENT]);
+          await click(elementId(open));
           opened = true;
           break;
         }
@@ -223,7 +293,7 @@ async function main() {
     const format = await find(tid('export-format'));
     await wd('POST', s('/execute/sync'), {
       script: "arguments[0].value = 'kohya'; arguments[0].dispatchEvent(new Event('change'));",
-      args: [{ [ELEMENT]: format }],
+      args: [{ [elementKey]: format }],
     });
     const out = process.env.E2E_EXPORT ?? join(shots, 'e2e-kohya.safetensors');
     await type(await find(tid('export-path')), out);

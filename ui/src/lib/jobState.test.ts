@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { emptyView, reduceAll, reduceJob, viewFromJob, withJob } from './jobState';
+import { emptyView, isResumable, reduceAll, reduceJob, viewFromJob, withJob } from './jobState';
 import type { Job, JobEvent } from './types';
 
 const J = 7;
@@ -167,5 +167,14 @@ describe('viewFromJob / withJob', () => {
     expect(merged.step).toBe(130);
     expect(merged.kind).toBe('dreambooth');
     expect(merged.projectId).toBe(3);
+  });
+});
+
+describe('interrupted jobs', () => {
+  it('an interrupted event ends the job as resumable', () => {
+    const started = reduceJob(emptyView(J), { event: 'started', jobId: J, total: 10, phase: 'training' }, 0);
+    const view = reduceJob(started, { event: 'interrupted', jobId: J }, 1);
+    expect(view.status).toBe('interrupted');
+    expect(isResumable(view.status)).toBe(true);
   });
 });

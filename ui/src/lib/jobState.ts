@@ -210,6 +210,8 @@ export function reduceJob(view: JobView, event: JobEvent, nowMs: number): JobVie
       return { ...view, status: 'failed', message: event.message, etaSeconds: null };
     case 'cancelled':
       return { ...view, status: 'cancelled', etaSeconds: null };
+    case 'interrupted':
+      return { ...view, status: 'interrupted', etaSeconds: null };
     default:
       return view;
   }

@@ -163,9 +163,12 @@ export type JobEvent =
   | { event: 'preview'; jobId: Id; step: number; images: string[] }
   | { event: 'candidates'; jobId: Id; stage: number; points: CandidatePoint[]; pairs: CandidatePair[] }
   | { event: 'phase'; jobId: Id; phase: string; done: number; total: number }
-  | { event: 'finished'; jobId: Id; runId: Id }
+  /** `runId` is null for jobs that train nothing (galleries). */
+  | { event: 'finished'; jobId: Id; runId: Id | null }
   | { event: 'failed'; jobId: Id; message: string }
-  | { event: 'cancelled'; jobId: Id };
+  | { event: 'cancelled'; jobId: Id }
+  /** The app shut down while the job ran: it stopped at a checkpoint and can be resumed. */
+  | { event: 'interrupted'; jobId: Id };
 
 export interface CompareCell {
   /** Index into `prompts`. */
