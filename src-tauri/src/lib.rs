@@ -37,6 +37,23 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// On quitting: the running job stops at a checkpoint (cancelled, resumable) instead of
+    /// losing the steps since its last periodic one; waits for it at most a minute.
+    pub fn stop_running_job(&self) {
+        let Ok(jobs) = self.runner.jobs() else { return };
+        for job in jobs
+            .iter()
+            .filter(|j| j.status == likeness_studio::JobStatus::Running)
+        {
+            if self.runner.cancel(job.id).is_ok() {
+                tracing::info!("quitting: job {:?} stops at a checkpoint", job.id);
+                let _ = self.runner.wait(job.id, std::time::Duration::from_secs(60));
+            }
+        }
+    }
+}
+
 /// Opens (or creates) the workspace at `dir` and registers the built-in model when it is
 /// installed; on the workspace's first start, also makes the demo project (unless
 /// `LIKENESS_NO_DEMO` is set).
@@ -106,7 +123,14 @@ pub fn run() -> anyhow::Result<()> {
     let state = AppState::open(dir.clone(), device, Precision::F32)
         .with_context(|| format!("workspace {}", dir.display()))?;
     tracing::info!("workspace {}", dir.display());
-    configure(tauri::Builder::<tauri::Wry>::default(), state)
-        .run(tauri::generate_context!())
-        .context("the app window")
+    let app = configure(tauri::Builder::<tauri::Wry>::default(), state)
+        .build(tauri::generate_context!())
+        .context("the app window")?;
+    app.run(|handle, event| {
+        if let tauri::RunEvent::Exit = event {
+            use tauri::Manager;
+            handle.state::<AppState>().stop_running_job();
+        }
+    });
+    Ok(())
 }
