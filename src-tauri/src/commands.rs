@@ -38,6 +38,8 @@ pub fn register_builtin_model(ws: &mut Workspace) {
         tracing::info!("no built-in model installed");
         return;
     };
+    // The workspace stores canonical paths; the built-in folder may be found through `..`.
+    let model = model.canonicalize().unwrap_or(model);
     let known = ws
         .base_models()
         .map(|ms| ms.iter().any(|m| m.path == model))
@@ -94,15 +96,13 @@ pub fn forward_events(runner: &Arc<JobRunner>, watchers: Watchers) {
 }
 
 fn queue_gallery_after(runner: &JobRunner, finished: JobId) {
-    let Ok(jobs) = runner.jobs() else { return };
-    let Some(job) = jobs.iter().find(|j| j.id == finished) else {
+    let Ok(job) = runner.job(finished) else {
         return;
     };
     if job.kind == JobKind::Gallery {
         return;
     }
     let project = job.project_id;
-    // Runs are read on a fresh connection: the listener runs on the runner's thread.
     let columns = std::iter::once(None)
         .chain(job.run_id.into_iter().map(Some))
         .collect();
@@ -316,13 +316,7 @@ async fn default_dreambooth_settings(
     state: State<'_, AppState>,
     base_model_id: i64,
 ) -> Answer<DreamBoothSettings> {
-    let ws = workspace(&state)?;
-    let model = ws
-        .base_models()
-        .map_err(line)?
-        .into_iter()
-        .find(|m| m.id == base_model_id)
-        .ok_or_else(|| format!("no base model {base_model_id}"))?;
+    let model = workspace(&state)?.base_model(base_model_id).map_err(line)?;
     Ok(DreamBoothSettings::defaults_for(&model))
 }
 
@@ -370,11 +364,7 @@ async fn watch_job(
     job_id: JobId,
     on_event: Channel<JobEvent>,
 ) -> Answer<()> {
-    let jobs = state.runner.jobs().map_err(line)?;
-    let job = jobs
-        .iter()
-        .find(|j| j.id == job_id)
-        .ok_or_else(|| format!("no job {job_id:?}"))?;
+    let job = state.runner.job(job_id).map_err(line)?;
     // Where it stands now, so the view does not wait for the next step.
     let _ = on_event.send(JobEvent::Started {
         job_id,

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use likeness_models::sd::ModelSummary;
+use likeness_models::single_file::Family;
 use likeness_studio::{BaseModel, BaseModelKind, ImportReport, Photo, Project};
 use serde::Serialize;
 
@@ -144,16 +146,17 @@ pub struct BaseModelView {
 
 impl BaseModelView {
     pub fn new(m: &BaseModel) -> Self {
-        let s = &m.summary;
         let kind = match m.kind {
             BaseModelKind::Builtin => "builtin",
             BaseModelKind::Folder => "diffusers",
             BaseModelKind::File => "single_file",
         };
-        let architecture = if m.kind == BaseModelKind::Builtin {
-            "built-in world".to_string()
-        } else {
-            describe(s)
+        // The stored summary is the loader's `ModelSummary`.
+        let summary: Option<ModelSummary> = serde_json::from_value(m.summary.clone()).ok();
+        let architecture = match (&summary, m.kind) {
+            (_, BaseModelKind::Builtin) => "built-in world".to_string(),
+            (Some(s), _) => describe(s),
+            (None, _) => "Stable Diffusion".to_string(),
         };
         Self {
             id: m.id,
@@ -161,31 +164,21 @@ impl BaseModelView {
             path: m.path.display().to_string(),
             kind,
             architecture,
-            resolution: s["native_size"]
-                .as_u64()
-                .or_else(|| s["resolution"].as_u64())
-                .unwrap_or(512),
+            resolution: summary.map_or(512, |s| s.native_size as u64),
         }
     }
 }
 
 /// "SD 1.x", "SD 2.x v-prediction", … from the loader's summary.
-fn describe(s: &serde_json::Value) -> String {
-    let family = s["family"]
-        .as_str()
-        .or_else(|| s["architecture"].as_str())
-        .unwrap_or("Stable Diffusion");
-    let family = match family.to_ascii_lowercase().as_str() {
-        "sd1" | "sd1.x" | "sd 1.x" => "SD 1.x".to_string(),
-        "sd2" | "sd2.x" | "sd 2.x" => "SD 2.x".to_string(),
-        _ => family.to_string(),
+fn describe(s: &ModelSummary) -> String {
+    let family = match s.family {
+        Family::Sd1 => "SD 1.x",
+        Family::Sd2 => "SD 2.x",
     };
-    let v = s["prediction_type"].as_str() == Some("v_prediction")
-        || s["v_prediction"].as_bool() == Some(true);
-    if v {
+    if s.v_prediction {
         format!("{family} v-prediction")
     } else {
-        family
+        family.to_string()
     }
 }
 
@@ -205,9 +198,15 @@ mod tests {
 
     #[test]
     fn architecture_reads_family_and_prediction() {
-        let v = serde_json::json!({"family": "sd2", "prediction_type": "v_prediction"});
-        assert_eq!(describe(&v), "SD 2.x v-prediction");
-        let e = serde_json::json!({"family": "sd1", "prediction_type": "epsilon"});
-        assert_eq!(describe(&e), "SD 1.x");
+        let summary = |family, v_prediction| ModelSummary {
+            family,
+            v_prediction,
+            conv_projection: false,
+            native_size: 768,
+            name: "m".into(),
+            single_file: false,
+        };
+        assert_eq!(describe(&summary(Family::Sd2, true)), "SD 2.x v-prediction");
+        assert_eq!(describe(&summary(Family::Sd1, false)), "SD 1.x");
     }
 }

@@ -73,8 +73,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // on an f32 backend.
     let training = matches!(args.only.as_str(), "db-step" | "dpo-step");
     let (device, precision, mixed) = if training {
-        let (device, mixed) = crate::dreambooth::training_precision(args.device, args.precision)?;
-        (device, Precision::F32, mixed)
+        let p = likeness_models::device::training_placement(args.device, args.precision)?;
+        (p.device, Precision::F32, p.precision)
     } else {
         (args.device, args.precision, Precision::F32)
     };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use likeness_models::device::{DeviceChoice, Precision, dispatch};
+use likeness_models::device::{DeviceChoice, Placement, Precision, dispatch, training_placement};
 use likeness_train::TrainEvent;
 use likeness_train::dpo::{DpoConfig, DpoJob, DpoSource, DpoTask};
 
@@ -194,7 +194,10 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     };
     let cancel = crate::interrupt::checkpointing_ctrl_c()?;
     let mut on_event = report(args.quiet);
-    let (device, mixed) = crate::dreambooth::training_precision(args.device, args.precision)?;
+    let Placement {
+        device,
+        precision: mixed,
+    } = training_placement(args.device, args.precision)?;
     let job = match job {
         DpoJob::New {
             mut config,

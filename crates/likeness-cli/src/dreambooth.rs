@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use likeness_models::device::{DeviceChoice, Precision, dispatch};
+use likeness_models::device::{DeviceChoice, Placement, Precision, dispatch, training_placement};
 use likeness_models::lora::LoraTargets;
 use likeness_train::TrainEvent;
 use likeness_train::dreambooth::{DreamBoothConfig, DreamBoothJob, DreamBoothTask};
@@ -128,24 +128,6 @@ pub struct DreamBoothArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// Where a training job runs and its mixed precision: trainers run on an f32 backend and cast
-/// the frozen weights themselves; the CPU trains in f32.
-pub fn training_precision(
-    device: DeviceChoice,
-    precision: Precision,
-) -> anyhow::Result<(DeviceChoice, Precision)> {
-    let device = likeness_models::device::resolve(device)?;
-    if device == DeviceChoice::Cpu && precision != Precision::F32 {
-        tracing::warn!("the CPU trains in f32; --precision {precision:?} ignored");
-        return Ok((device, Precision::F32));
-    }
-    if device == DeviceChoice::Wgpu && precision == Precision::Bf16 {
-        tracing::warn!("wgpu has no bf16; mixed precision in f16");
-        return Ok((device, Precision::F16));
-    }
-    Ok((device, precision))
 }
 
 fn config_from(args: &DreamBoothArgs) -> anyhow::Result<DreamBoothConfig> {
@@ -333,7 +315,10 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
     let cancel = crate::interrupt::checkpointing_ctrl_c()?;
     let mut terminal = Terminal::new(args.quiet);
     let mut on_event = |e: TrainEvent| terminal.on(e);
-    let (device, mixed) = training_precision(args.device, args.precision)?;
+    let Placement {
+        device,
+        precision: mixed,
+    } = training_placement(args.device, args.precision)?;
     let job = match job {
         DreamBoothJob::New {
             mut config,

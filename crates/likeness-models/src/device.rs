@@ -172,6 +172,27 @@ fn fusion_wanted() -> bool {
     )
 }
 
+/// Where a training job runs and its mixed precision (see the trainers' `mixed_precision`):
+/// trainers run on an f32 backend and cast the frozen weights themselves; the CPU trains in f32
+/// and wgpu, having no bf16, in f16.
+pub fn training_placement(choice: DeviceChoice, precision: Precision) -> Result<Placement> {
+    let device = resolve(choice)?;
+    let precision = match (device, precision) {
+        (DeviceChoice::Cpu, p) => {
+            if p != Precision::F32 {
+                tracing::warn!("the CPU trains in f32; precision {p:?} ignored");
+            }
+            Precision::F32
+        }
+        (DeviceChoice::Wgpu, Precision::Bf16) => {
+            tracing::warn!("wgpu has no bf16; mixed precision in f16");
+            Precision::F16
+        }
+        (_, p) => p,
+    };
+    Ok(Placement { device, precision })
+}
+
 /// Runs `task` on the chosen device and precision.
 pub fn dispatch<T: BackendTask>(
     choice: DeviceChoice,

@@ -302,7 +302,7 @@ impl<B: Backend> StableDiffusion<B> {
 }
 
 /// What a model is, read from its configs or tensor headers without loading any weights.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSummary {
     pub family: Family,
     pub v_prediction: bool,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use likeness_models::device::{DeviceChoice, Precision, dispatch, resolve};
+use likeness_models::device::{DeviceChoice, Precision, dispatch, resolve, training_placement};
 use likeness_models::lora::LoraTargets;
 use likeness_train::TrainEvent;
 use likeness_train::dpo::{DpoConfig, DpoJob, DpoLossRecord, DpoSource, DpoTask, STAGE_LORA_FILE};
@@ -159,16 +159,10 @@ impl Worker {
         lock(&self.shared.queue).ending = None;
     }
 
-    /// The device and the mixed precision the trainers run with (the CPU trains in f32, wgpu
-    /// has no bf16).
+    /// The device and the mixed precision the trainers run with.
     fn training_device(&self) -> Result<(DeviceChoice, Precision)> {
-        let device = resolve(self.shared.device)?;
-        let mixed = match (device, self.shared.precision) {
-            (DeviceChoice::Cpu, _) => Precision::F32,
-            (DeviceChoice::Wgpu, Precision::Bf16) => Precision::F16,
-            (_, p) => p,
-        };
-        Ok((device, mixed))
+        let p = training_placement(self.shared.device, self.shared.precision)?;
+        Ok((p.device, p.precision))
     }
 
     fn progress(
