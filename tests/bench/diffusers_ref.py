@@ -209,11 +209,11 @@ def ops(a, dtype):
     with torch.no_grad():
         bench(f"op: attention fwd [2, 8, {seq}, 40]",
               lambda: F.scaled_dot_product_attention(q, k, v).float().sum().item())
-    qg = q.clone().requires_grad_(True)
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
 
     def attn_bwd():
-        qg.grad = None
-        F.scaled_dot_product_attention(qg, k, v).float().sum().backward()
+        qg.grad = kg.grad = vg.grad = None
+        F.scaled_dot_product_attention(qg, kg, vg).float().sum().backward()
     bench(f"op: attention fwd+bwd [2, 8, {seq}, 40]", attn_bwd)
     w = torch.randn(320, 320, 3, 3, device=dev, dtype=dtype) * 0.02
     with torch.no_grad():

@@ -325,22 +325,37 @@ fn ops<B: Backend>(
     let seq = lat * lat;
     let q = Tensor::<AB<B>, 4>::random([2, 8, seq, 40], normal, device);
     let (k, v) = (q.clone() * 0.5, q.clone() * 0.25);
-    let opts = burn::tensor::ops::AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: false,
-    };
+    // Likeness' attention (the backend's kernel forward, its own backward) and, for
+    // comparison, Burn's attention as Autodiff differentiates it (materialised, op by op).
     let attend = |q: Tensor<AB<B>, 4>, k: Tensor<AB<B>, 4>, v: Tensor<AB<B>, 4>| {
+        likeness_models::kernels::attention::attention(q, k, v, false)
+    };
+    let attend_burn = |q: Tensor<AB<B>, 4>, k: Tensor<AB<B>, 4>, v: Tensor<AB<B>, 4>| {
+        let opts = burn::tensor::ops::AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
         burn::tensor::module::attention(q, k, v, None, None, opts)
     };
     bench(&format!("op: attention fwd [2, 8, {seq}, 40]"), &mut || {
         let _ = attend(q.clone(), k.clone(), v.clone()).sum().into_data();
     });
     let qg = q.clone().require_grad();
+    let (kg, vg) = (k.clone().require_grad(), v.clone().require_grad());
     bench(
         &format!("op: attention fwd+bwd [2, 8, {seq}, 40]"),
         &mut || {
-            let g = attend(qg.clone(), k.clone(), v.clone()).sum().backward();
+            let g = attend(qg.clone(), kg.clone(), vg.clone()).sum().backward();
+            let _ = qg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    bench(
+        &format!("op: attention fwd+bwd, Burn's autodiff [2, 8, {seq}, 40]"),
+        &mut || {
+            let g = attend_burn(qg.clone(), kg.clone(), vg.clone())
+                .sum()
+                .backward();
             let _ = qg.grad(&g).map(|t| t.sum().into_data());
         },
     );

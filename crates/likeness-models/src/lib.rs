@@ -6,6 +6,7 @@ pub mod clip_vision;
 pub mod device;
 pub mod error;
 pub mod image_preprocess;
+pub mod kernels;
 pub mod lora;
 pub mod lora_files;
 pub mod nn;

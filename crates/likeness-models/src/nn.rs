@@ -267,18 +267,8 @@ fn attend_heads<B: Backend>(
     let n_k = k.dims()[1];
     let d = inner / heads;
     let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, n, heads, d]).swap_dims(1, 2);
-    let out = burn::tensor::module::attention(
-        split(q, n_q),
-        split(k, n_k),
-        split(v, n_k),
-        None,
-        None,
-        burn::tensor::ops::AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: causal,
-        },
-    );
+    let out =
+        crate::kernels::attention::attention(split(q, n_q), split(k, n_k), split(v, n_k), causal);
     out.swap_dims(1, 2).reshape([b, n_q, inner])
 }
 

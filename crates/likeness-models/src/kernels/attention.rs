@@ -1,0 +1,314 @@
+//! Scaled dot-product attention with its own backward.
+//!
+//! Under `Autodiff`, Burn 0.21 decomposes attention into matmul → softmax → matmul on the autodiff
+//! graph: the forward materialises the `[batch, heads, n_q, n_k]` scores with every op's saved
+//! inputs (one score-sized tensor per op, kept until the backward), and the inner backend's flash
+//! attention kernel never runs while training. Here attention is one autodiff op instead:
+//!
+//! - forward: the inner backend's own `attention` (CubeCL's autotuned flash attention on CUDA and
+//!   wgpu), saving only q, k, v and the output;
+//! - backward: the scores are recomputed in blocks of query rows small enough to bound memory,
+//!   softmax in f32, and the gradients follow the flash-attention identities
+//!   `dV = Pᵀ·dO`, `dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O))`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`.
+//!
+//! Which backends this applies to is decided by type (see [`dispatch`]): Likeness' model code is
+//! generic over `Backend`, and a backend-extension trait would have to be threaded through every
+//! module; the autodiff backends Likeness runs are few and known, so attention recognises them.
+
+use std::any::Any;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::prelude::*;
+use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::{DType, TensorPrimitive};
+
+/// Scores computed at once in the backward: blocks of query rows are sized so that one block's
+/// `[batch, heads, rows, n_k]` f32 scores stay under this many elements (512 MiB).
+pub const BACKWARD_BLOCK_ELEMENTS: usize = 1 << 27;
+
+/// softmax(q·kᵀ / √d)·v over `[batch, heads, tokens, head_dim]`, causal (bottom-right aligned,
+/// as Burn's) when asked; differentiated by [`backward`] on the autodiff backends Likeness runs.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+) -> Tensor<B, 4> {
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: causal,
+    };
+    let fused = if enabled() {
+        dispatch::<B>(&q, &k, &v, options)
+    } else {
+        None
+    };
+    match fused {
+        Some(out) => out,
+        None => burn::tensor::module::attention(q, k, v, None, None, options),
+    }
+}
+
+/// Whether the op is on: yes unless `LIKENESS_FUSED_ATTENTION` is `0`, `off` or `false` (for
+/// side-by-side measurements against Burn's own path in one binary).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("LIKENESS_FUSED_ATTENTION").as_deref(),
+            Ok("0" | "off" | "false")
+        )
+    })
+}
+
+/// Whether [`attention`] uses its own backward on backend `B` (the autodiff backends of
+/// [`crate::device::dispatch`]'s backends, with or without gradient checkpointing).
+pub fn has_fused_backward<B: Backend>() -> bool {
+    let device = Default::default();
+    let t = || Tensor::<B, 4>::empty([0, 0, 0, 0], &device);
+    let _ = t;
+    fused_types::<B>()
+}
+
+fn same_type<A: 'static, C: 'static>() -> bool {
+    std::any::TypeId::of::<A>() == std::any::TypeId::of::<C>()
+}
+
+/// The (inner backend, checkpointing) pairs recognised, as `$callback!(Inner, Strategy)`.
+macro_rules! for_each_autodiff_backend {
+    ($callback:ident) => {
+        for_each_autodiff_backend!(@inner $callback, burn::backend::Flex);
+        #[cfg(feature = "cuda")]
+        {
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<f32>);
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<half::f16>);
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<half::bf16>);
+        }
+        #[cfg(all(feature = "cuda", feature = "fusion"))]
+        {
+            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+            for_each_autodiff_backend!(@inner $callback, Unfused<f32>);
+            for_each_autodiff_backend!(@inner $callback, Unfused<half::f16>);
+            for_each_autodiff_backend!(@inner $callback, Unfused<half::bf16>);
+        }
+        #[cfg(feature = "wgpu")]
+        {
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Wgpu<f32>);
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Wgpu<half::f16>);
+        }
+    };
+    (@inner $callback:ident, $inner:ty) => {
+        $callback!($inner, NoCheckpointing);
+        $callback!($inner, BalancedCheckpointing);
+    };
+}
+
+fn fused_types<B: Backend>() -> bool {
+    macro_rules! check {
+        ($inner:ty, $strategy:ty) => {
+            if same_type::<B, Autodiff<$inner, $strategy>>() {
+                return true;
+            }
+        };
+    }
+    for_each_autodiff_backend!(check);
+    false
+}
+
+fn dispatch<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    options: AttentionModuleOptions,
+) -> Option<Tensor<B, 4>> {
+    macro_rules! attempt {
+        ($inner:ty, $strategy:ty) => {
+            if let Some(out) = attempt::<B, $inner, $strategy>(q, k, v, options) {
+                return Some(out);
+            }
+        };
+    }
+    for_each_autodiff_backend!(attempt);
+    None
+}
+
+/// Runs the fused op if `B` is `Autodiff<I, C>`.
+fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    options: AttentionModuleOptions,
+) -> Option<Tensor<B, 4>> {
+    fn cast<B: Backend, A: Backend>(t: &Tensor<B, 4>) -> Option<Tensor<A, 4>> {
+        (t as &dyn Any).downcast_ref::<Tensor<A, 4>>().cloned()
+    }
+    type A<I, C> = Autodiff<I, C>;
+    let (q, k, v) = (
+        cast::<B, A<I, C>>(q)?,
+        cast::<B, A<I, C>>(k)?,
+        cast::<B, A<I, C>>(v)?,
+    );
+    let out = Tensor::<Autodiff<I, C>, 4>::from_primitive(TensorPrimitive::Float(fused::<I, C>(
+        float(q),
+        float(k),
+        float(v),
+        options,
+    )));
+    let out: Box<dyn Any> = Box::new(out);
+    out.downcast::<Tensor<B, 4>>().ok().map(|t| *t)
+}
+
+fn float<B: Backend>(t: Tensor<B, 4>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+#[derive(Debug)]
+struct FusedAttention;
+
+impl<I: Backend> Backward<I, 3> for FusedAttention {
+    type State = (NodeId, NodeId, NodeId, FloatTensor<I>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let grad = grads.consume::<I>(&ops.node);
+        let (q_state, k_state, v_state, out, causal) = ops.state;
+        let q = wrap::<I>(cp.retrieve_node_output(q_state));
+        let k = wrap::<I>(cp.retrieve_node_output(k_state));
+        let v = wrap::<I>(cp.retrieve_node_output(v_state));
+        let [dq, dk, dv] = backward(
+            q,
+            k,
+            v,
+            wrap(out),
+            wrap(grad),
+            causal,
+            BACKWARD_BLOCK_ELEMENTS,
+        );
+        if let Some(node) = node_q {
+            grads.register::<I>(node.id, float(dq));
+        }
+        if let Some(node) = node_k {
+            grads.register::<I>(node.id, float(dk));
+        }
+        if let Some(node) = node_v {
+            grads.register::<I>(node.id, float(dv));
+        }
+    }
+}
+
+fn fused<I: Backend, C: CheckpointStrategy>(
+    q: FloatTensor<Autodiff<I, C>>,
+    k: FloatTensor<Autodiff<I, C>>,
+    v: FloatTensor<Autodiff<I, C>>,
+    options: AttentionModuleOptions,
+) -> FloatTensor<Autodiff<I, C>> {
+    match FusedAttention
+        .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let q_state = prep.checkpoint(&q);
+            let k_state = prep.checkpoint(&k);
+            let v_state = prep.checkpoint(&v);
+            let out = I::attention(q.primitive, k.primitive, v.primitive, None, None, options);
+            prep.finish(
+                (q_state, k_state, v_state, out.clone(), options.is_causal),
+                out,
+            )
+        }
+        OpsKind::UnTracked(prep) => prep.finish(I::attention(
+            q.primitive,
+            k.primitive,
+            v.primitive,
+            None,
+            None,
+            options,
+        )),
+    }
+}
+
+/// Gradients of `out = softmax(q·kᵀ/√d [causal])·v` with respect to q, k and v, given `out` and
+/// its gradient; scores are recomputed in blocks of query rows of at most `block_elements`
+/// elements each. Softmax and the row sums run in f32; each gradient has its input's dtype.
+pub fn backward<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    out: Tensor<B, 4>,
+    grad: Tensor<B, 4>,
+    causal: bool,
+    block_elements: usize,
+) -> [Tensor<B, 4>; 3] {
+    let [b, h, n_q, d] = q.dims();
+    let n_k = k.dims()[2];
+    let device = q.device();
+    let scale = 1.0 / (d as f64).sqrt();
+    let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
+    let work = v_dtype;
+    let f32_of = |t: Tensor<B, 4>| t.cast(DType::F32);
+    // D = rowsum(dO ∘ O): the softmax backward's subtrahend, [b, h, n_q, 1].
+    let delta = (f32_of(grad.clone()) * f32_of(out)).sum_dim(3);
+    let kt = k.clone().cast(work).swap_dims(2, 3);
+    let vt = v.clone().cast(work).swap_dims(2, 3);
+    let k_w = k.cast(work);
+    let rows = (block_elements / (b * h * n_k).max(1)).clamp(1, n_q.max(1));
+    let mut dq_blocks = Vec::with_capacity(n_q.div_ceil(rows));
+    let mut dk = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).cast(DType::F32);
+    let mut dv = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).cast(DType::F32);
+    let mut start = 0;
+    while start < n_q {
+        let end = (start + rows).min(n_q);
+        let q_blk = q.clone().slice([0..b, 0..h, start..end, 0..d]).cast(work);
+        let do_blk = grad
+            .clone()
+            .slice([0..b, 0..h, start..end, 0..d])
+            .cast(work);
+        let mut scores = f32_of(q_blk.clone().matmul(kt.clone())) * scale;
+        if causal {
+            scores = scores.mask_fill(
+                causal_mask::<B>(start, end, n_q, n_k, &device),
+                f32::NEG_INFINITY,
+            );
+        }
+        let p = burn::tensor::activation::softmax(scores, 3);
+        let p_w = p.clone().cast(work);
+        dv = dv + f32_of(p_w.swap_dims(2, 3).matmul(do_blk.clone()));
+        let dp = f32_of(do_blk.matmul(vt.clone()));
+        let ds = p * (dp - delta.clone().slice([0..b, 0..h, start..end, 0..1]));
+        let ds_w = ds.cast(work);
+        dq_blocks.push(f32_of(ds_w.clone().matmul(k_w.clone())) * scale);
+        dk = dk + f32_of(ds_w.swap_dims(2, 3).matmul(q_blk)) * scale;
+        start = end;
+    }
+    let dq = Tensor::cat(dq_blocks, 2);
+    [dq.cast(q_dtype), dk.cast(k_dtype), dv.cast(v_dtype)]
+}
+
+/// `[1, 1, end - start, n_k]`, true where a query row may not see a key: column > row + n_k − n_q.
+fn causal_mask<B: Backend>(
+    start: usize,
+    end: usize,
+    n_q: usize,
+    n_k: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let offset = n_k as i64 - n_q as i64;
+    let rows = Tensor::<B, 1, Int>::arange(start as i64..end as i64, device)
+        .reshape([end - start, 1])
+        .add_scalar(offset);
+    let cols = Tensor::<B, 1, Int>::arange(0..n_k as i64, device).reshape([1, n_k]);
+    rows.lower(cols).reshape([1, 1, end - start, n_k])
+}
