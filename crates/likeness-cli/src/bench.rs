@@ -308,15 +308,30 @@ fn ops<B: Backend>(
     bench(
         &format!("op: GroupNorm(32, 320) + SiLU fwd [2, 320, {lat}, {lat}]"),
         &mut || {
-            let y = burn::tensor::activation::silu(norm.forward(x.clone()));
-            let _ = y.sum().into_data();
+            let _ = norm.forward_silu(x.clone()).sum().into_data();
         },
     );
     let xg = x.clone().require_grad();
     bench(
         &format!("op: GroupNorm(32, 320) + SiLU fwd+bwd [2, 320, {lat}, {lat}]"),
         &mut || {
-            let y = burn::tensor::activation::silu(norm.forward(xg.clone()));
+            let g = norm.forward_silu(xg.clone()).sum().backward();
+            let _ = xg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    bench(
+        &format!("op: GroupNorm(32, 320) + SiLU fwd+bwd, Burn's autodiff [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let y = likeness_models::kernels::group_norm::reference(
+                xg.clone().reshape([2, 320, lat * lat]),
+                norm.weight.val(),
+                norm.bias.val(),
+                likeness_models::kernels::group_norm::GroupNormOptions {
+                    groups: 32,
+                    eps: 1e-5,
+                    silu: true,
+                },
+            );
             let g = y.sum().backward();
             let _ = xg.grad(&g).map(|t| t.sum().into_data());
         },

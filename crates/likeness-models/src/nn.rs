@@ -185,25 +185,27 @@ impl<B: Backend> GroupNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        profile::span::<B, _>(&x.device(), "group_norm", || self.normalize(x))
+        profile::span::<B, _>(&x.device(), "group_norm", || self.normalize(x, false))
+    }
+
+    /// `silu(self.forward(x))` as one op (one saved activation instead of several in training).
+    pub fn forward_silu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        profile::span::<B, _>(&x.device(), "group_norm", || self.normalize(x, true))
     }
 
     /// Statistics and affine in f32 whatever the input's dtype (as PyTorch's autocast runs
     /// `group_norm`); the result has the input's dtype.
-    fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = in_dtype(x, DType::F32);
-        let dims = x.dims();
-        let (n, c) = (dims[0], dims[1]);
-        let grouped: Tensor<B, 3> = x.reshape([n as i64, self.num_groups as i64, -1]);
-        let (var, mean) = grouped.clone().var_mean_bias(2);
-        let normed = (grouped - mean).div((var + self.eps).sqrt());
-        let normed: Tensor<B, D> = normed.reshape(dims);
-        let mut affine_shape = [1usize; D];
-        affine_shape[1] = c;
-        let weight = in_dtype(self.weight.val(), DType::F32).reshape(affine_shape);
-        let bias = in_dtype(self.bias.val(), DType::F32).reshape(affine_shape);
-        in_dtype(normed * weight + bias, dtype)
+    fn normalize<const D: usize>(&self, x: Tensor<B, D>, silu: bool) -> Tensor<B, D> {
+        crate::kernels::group_norm::group_norm(
+            x,
+            self.weight.val(),
+            self.bias.val(),
+            crate::kernels::group_norm::GroupNormOptions {
+                groups: self.num_groups,
+                eps: self.eps,
+                silu,
+            },
+        )
     }
 }
 

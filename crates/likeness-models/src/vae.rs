@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result, read_json};
@@ -211,8 +210,8 @@ impl<B: Backend> ResnetBlock2D<B> {
 
     /// `x + conv2(silu(norm2(conv1(silu(norm1(x))))))`, the shortcut projected when needed.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let x = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -528,7 +527,7 @@ impl<B: Backend> Encoder<B> {
         let x = self.conv_in.forward(x);
         let x = self.down_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
     }
 }
 
@@ -582,7 +581,7 @@ impl<B: Backend> Decoder<B> {
         let x = self.conv_in.forward(z);
         let x = self.mid_block.forward(x);
         let x = self.up_blocks.iter().fold(x, |x, b| b.forward(x));
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
     }
 }
 

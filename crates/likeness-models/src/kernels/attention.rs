@@ -11,23 +11,19 @@
 //!   softmax in f32, and the gradients follow the flash-attention identities
 //!   `dV = Pᵀ·dO`, `dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O))`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`.
 //!
-//! Which backends this applies to is decided by type (see [`dispatch`]): Likeness' model code is
-//! generic over `Backend`, and a backend-extension trait would have to be threaded through every
-//! module; the autodiff backends Likeness runs are few and known, so attention recognises them.
-
-use std::any::Any;
+//! Which backends take this path: see the [module](super) notes.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
-use burn::tensor::{DType, TensorPrimitive};
+
+use super::{ToDtype, downcast, float, for_each_autodiff_backend, wrap};
 
 /// Scores computed at once in the backward: blocks of query rows are sized so that one block's
 /// `[batch, heads, rows, n_k]` f32 scores stay under this many elements (512 MiB).
@@ -46,7 +42,7 @@ pub fn attention<B: Backend>(
         softcap: None,
         is_causal: causal,
     };
-    let fused = if enabled() {
+    let fused = if super::enabled() {
         dispatch::<B>(&q, &k, &v, options)
     } else {
         None
@@ -57,64 +53,12 @@ pub fn attention<B: Backend>(
     }
 }
 
-/// Whether the op is on: yes unless `LIKENESS_FUSED_ATTENTION` is `0`, `off` or `false` (for
-/// side-by-side measurements against Burn's own path in one binary).
-pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("LIKENESS_FUSED_ATTENTION").as_deref(),
-            Ok("0" | "off" | "false")
-        )
-    })
-}
-
 /// Whether [`attention`] uses its own backward on backend `B` (the autodiff backends of
 /// [`crate::device::dispatch`]'s backends, with or without gradient checkpointing).
 pub fn has_fused_backward<B: Backend>() -> bool {
-    let device = Default::default();
-    let t = || Tensor::<B, 4>::empty([0, 0, 0, 0], &device);
-    let _ = t;
-    fused_types::<B>()
-}
-
-fn same_type<A: 'static, C: 'static>() -> bool {
-    std::any::TypeId::of::<A>() == std::any::TypeId::of::<C>()
-}
-
-/// The (inner backend, checkpointing) pairs recognised, as `$callback!(Inner, Strategy)`.
-macro_rules! for_each_autodiff_backend {
-    ($callback:ident) => {
-        for_each_autodiff_backend!(@inner $callback, burn::backend::Flex);
-        #[cfg(feature = "cuda")]
-        {
-            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<f32>);
-            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<half::f16>);
-            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<half::bf16>);
-        }
-        #[cfg(all(feature = "cuda", feature = "fusion"))]
-        {
-            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
-            for_each_autodiff_backend!(@inner $callback, Unfused<f32>);
-            for_each_autodiff_backend!(@inner $callback, Unfused<half::f16>);
-            for_each_autodiff_backend!(@inner $callback, Unfused<half::bf16>);
-        }
-        #[cfg(feature = "wgpu")]
-        {
-            for_each_autodiff_backend!(@inner $callback, burn::backend::Wgpu<f32>);
-            for_each_autodiff_backend!(@inner $callback, burn::backend::Wgpu<half::f16>);
-        }
-    };
-    (@inner $callback:ident, $inner:ty) => {
-        $callback!($inner, NoCheckpointing);
-        $callback!($inner, BalancedCheckpointing);
-    };
-}
-
-fn fused_types<B: Backend>() -> bool {
     macro_rules! check {
         ($inner:ty, $strategy:ty) => {
-            if same_type::<B, Autodiff<$inner, $strategy>>() {
+            if super::same_type::<B, Autodiff<$inner, $strategy>>() {
                 return true;
             }
         };
@@ -140,38 +84,21 @@ fn dispatch<B: Backend>(
     None
 }
 
-/// Runs the fused op if `B` is `Autodiff<I, C>`.
+/// Runs the op if `B` is `Autodiff<I, C>`.
 fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
     options: AttentionModuleOptions,
 ) -> Option<Tensor<B, 4>> {
-    fn cast<B: Backend, A: Backend>(t: &Tensor<B, 4>) -> Option<Tensor<A, 4>> {
-        (t as &dyn Any).downcast_ref::<Tensor<A, 4>>().cloned()
-    }
     type A<I, C> = Autodiff<I, C>;
     let (q, k, v) = (
-        cast::<B, A<I, C>>(q)?,
-        cast::<B, A<I, C>>(k)?,
-        cast::<B, A<I, C>>(v)?,
+        downcast::<B, A<I, C>, 4>(q)?,
+        downcast::<B, A<I, C>, 4>(k)?,
+        downcast::<B, A<I, C>, 4>(v)?,
     );
-    let out = Tensor::<Autodiff<I, C>, 4>::from_primitive(TensorPrimitive::Float(fused::<I, C>(
-        float(q),
-        float(k),
-        float(v),
-        options,
-    )));
-    let out: Box<dyn Any> = Box::new(out);
-    out.downcast::<Tensor<B, 4>>().ok().map(|t| *t)
-}
-
-fn float<B: Backend>(t: Tensor<B, 4>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-fn wrap<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 4> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
+    let out = wrap::<A<I, C>, 4>(fused::<I, C>(float(q), float(k), float(v), options));
+    downcast(&out)
 }
 
 #[derive(Debug)]
@@ -184,9 +111,9 @@ impl<I: Backend> Backward<I, 3> for FusedAttention {
         let [node_q, node_k, node_v] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
         let (q_state, k_state, v_state, out, causal) = ops.state;
-        let q = wrap::<I>(cp.retrieve_node_output(q_state));
-        let k = wrap::<I>(cp.retrieve_node_output(k_state));
-        let v = wrap::<I>(cp.retrieve_node_output(v_state));
+        let q = wrap::<I, 4>(cp.retrieve_node_output(q_state));
+        let k = wrap::<I, 4>(cp.retrieve_node_output(k_state));
+        let v = wrap::<I, 4>(cp.retrieve_node_output(v_state));
         let [dq, dk, dv] = backward(
             q,
             k,
@@ -258,43 +185,48 @@ pub fn backward<B: Backend>(
     let scale = 1.0 / (d as f64).sqrt();
     let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
     let work = v_dtype;
-    let f32_of = |t: Tensor<B, 4>| t.cast(DType::F32);
+    let f32_of = |t: Tensor<B, 4>| t.to_dtype(DType::F32);
     // D = rowsum(dO ∘ O): the softmax backward's subtrahend, [b, h, n_q, 1].
     let delta = (f32_of(grad.clone()) * f32_of(out)).sum_dim(3);
-    let kt = k.clone().cast(work).swap_dims(2, 3);
-    let vt = v.clone().cast(work).swap_dims(2, 3);
-    let k_w = k.cast(work);
+    let kt = k.clone().to_dtype(work).swap_dims(2, 3);
+    let vt = v.clone().to_dtype(work).swap_dims(2, 3);
+    let k_w = k.to_dtype(work);
     let rows = (block_elements / (b * h * n_k).max(1)).clamp(1, n_q.max(1));
     let mut dq_blocks = Vec::with_capacity(n_q.div_ceil(rows));
-    let mut dk = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).cast(DType::F32);
-    let mut dv = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).cast(DType::F32);
+    let mut dk = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).to_dtype(DType::F32);
+    let mut dv = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).to_dtype(DType::F32);
     let mut start = 0;
     while start < n_q {
         let end = (start + rows).min(n_q);
-        let q_blk = q.clone().slice([0..b, 0..h, start..end, 0..d]).cast(work);
+        let q_blk = q
+            .clone()
+            .slice([0..b, 0..h, start..end, 0..d])
+            .to_dtype(work);
         let do_blk = grad
             .clone()
             .slice([0..b, 0..h, start..end, 0..d])
-            .cast(work);
+            .to_dtype(work);
         let mut scores = f32_of(q_blk.clone().matmul(kt.clone())) * scale;
         if causal {
-            scores = scores.mask_fill(
-                causal_mask::<B>(start, end, n_q, n_k, &device),
-                f32::NEG_INFINITY,
-            );
+            let mask = causal_mask::<B>(start, end, n_q, n_k, &device);
+            scores = scores.mask_fill(mask.expand([b, h, end - start, n_k]), f32::NEG_INFINITY);
         }
         let p = burn::tensor::activation::softmax(scores, 3);
-        let p_w = p.clone().cast(work);
+        let p_w = p.clone().to_dtype(work);
         dv = dv + f32_of(p_w.swap_dims(2, 3).matmul(do_blk.clone()));
         let dp = f32_of(do_blk.matmul(vt.clone()));
         let ds = p * (dp - delta.clone().slice([0..b, 0..h, start..end, 0..1]));
-        let ds_w = ds.cast(work);
+        let ds_w = ds.to_dtype(work);
         dq_blocks.push(f32_of(ds_w.clone().matmul(k_w.clone())) * scale);
         dk = dk + f32_of(ds_w.swap_dims(2, 3).matmul(q_blk)) * scale;
         start = end;
     }
     let dq = Tensor::cat(dq_blocks, 2);
-    [dq.cast(q_dtype), dk.cast(k_dtype), dv.cast(v_dtype)]
+    [
+        dq.to_dtype(q_dtype),
+        dk.to_dtype(k_dtype),
+        dv.to_dtype(v_dtype),
+    ]
 }
 
 /// `[1, 1, end - start, n_k]`, true where a query row may not see a key: column > row + n_k − n_q.

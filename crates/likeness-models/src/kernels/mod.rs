@@ -1,4 +1,88 @@
 //! Ops Likeness implements itself on top of Burn's, where Burn's own path is slow or memory-hungry
-//! for diffusion training. Each has a parity test against the plain Burn op on the CPU backend.
+//! for diffusion training. Each has a parity test against the plain Burn computation on the CPU
+//! backend (`tests/kernels.rs`).
+//!
+//! They are autodiff ops with their own backward. Likeness' model code is generic over
+//! `Backend`; a backend-extension trait would have to be threaded through every module and
+//! trainer, so instead each op recognises by type the autodiff backends Likeness runs
+//! ([`crate::device::dispatch`]'s backends under `Autodiff`, with and without gradient
+//! checkpointing) and leaves every other backend to Burn's ops.
+
+use std::any::Any;
+
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::FloatTensor;
 
 pub mod attention;
+pub mod group_norm;
+
+/// Whether these ops are on: yes unless `LIKENESS_KERNELS` is `0`, `off` or `false` (for
+/// side-by-side measurements against Burn's own ops in one binary).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("LIKENESS_KERNELS").as_deref(),
+            Ok("0" | "off" | "false")
+        )
+    })
+}
+
+fn same_type<A: 'static, C: 'static>() -> bool {
+    std::any::TypeId::of::<A>() == std::any::TypeId::of::<C>()
+}
+
+/// `t` as a tensor of backend `A`, if `B` is `A`.
+fn downcast<B: Backend, A: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Tensor<A, D>> {
+    (t as &dyn Any).downcast_ref::<Tensor<A, D>>().cloned()
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Calls `$callback!(Inner, Strategy)` for every (inner backend, checkpointing) pair recognised.
+macro_rules! for_each_autodiff_backend {
+    ($callback:ident) => {
+        for_each_autodiff_backend!(@inner $callback, burn::backend::Flex);
+        #[cfg(feature = "cuda")]
+        {
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<f32>);
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<half::f16>);
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Cuda<half::bf16>);
+        }
+        #[cfg(all(feature = "cuda", feature = "fusion"))]
+        {
+            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+            for_each_autodiff_backend!(@inner $callback, Unfused<f32>);
+            for_each_autodiff_backend!(@inner $callback, Unfused<half::f16>);
+            for_each_autodiff_backend!(@inner $callback, Unfused<half::bf16>);
+        }
+        #[cfg(feature = "wgpu")]
+        {
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Wgpu<f32>);
+            for_each_autodiff_backend!(@inner $callback, burn::backend::Wgpu<half::f16>);
+        }
+    };
+    (@inner $callback:ident, $inner:ty) => {
+        $callback!($inner, burn::backend::autodiff::checkpoint::strategy::NoCheckpointing);
+        $callback!($inner, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing);
+    };
+}
+use for_each_autodiff_backend;
+
+/// `.to_dtype(d)`: [`crate::nn::in_dtype`] as a method — a cast only where the dtype differs.
+trait ToDtype {
+    fn to_dtype(self, dtype: burn::tensor::DType) -> Self;
+}
+
+impl<B: Backend, const D: usize> ToDtype for Tensor<B, D> {
+    fn to_dtype(self, dtype: burn::tensor::DType) -> Self {
+        crate::nn::in_dtype(self, dtype)
+    }
+}

@@ -232,7 +232,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         for block in &self.up_blocks {
             x = block.forward(x, &temb_act, &context, &mut skips);
         }
-        let out = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
+        let out = self.conv_out.forward(self.conv_norm_out.forward_silu(x));
         crate::nn::in_dtype(out, out_dtype)
     }
 }

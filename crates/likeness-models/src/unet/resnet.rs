@@ -3,7 +3,6 @@
 
 use burn::nn::Dropout;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
@@ -61,9 +60,9 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `x` [N, C_in, H, W]; `temb_act` is SiLU(time embedding) [N, T] (diffusers applies the
     /// activation inside every block; the caller computes it once instead — same numbers).
     pub fn forward(&self, x: Tensor<B, 4>, temb_act: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
         let t: Tensor<B, 4> = self.time_emb_proj.forward(temb_act).unsqueeze_dims(&[2, 3]);
-        let h = silu(self.norm2.forward(h + t));
+        let h = self.norm2.forward_silu(h + t);
         let h = self.conv2.forward(self.dropout.forward(h));
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),

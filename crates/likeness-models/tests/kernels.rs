@@ -6,22 +6,37 @@ mod common;
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::prelude::*;
-use burn::tensor::{DType, Distribution};
+use burn::tensor::DType;
 use common::{B, assert_close, rel_err, values};
 use likeness_models::kernels::attention::{attention, backward, has_fused_backward};
 
 type AD = Autodiff<B>;
 type ADRecompute = Autodiff<B, BalancedCheckpointing>;
 
+/// A seeded tensor with values in [-scale, scale) + shift, from a local generator (the backends'
+/// global seed is shared by tests running in parallel).
+fn seeded<A: burn::tensor::backend::Backend, const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    shift: f32,
+    scale: f32,
+) -> Tensor<A, D> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| shift + scale * rng.random_range(-1.0f32..1.0))
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
 fn inputs<A: burn::tensor::backend::Backend>(
     n_q: usize,
     n_k: usize,
     seed: u64,
 ) -> [Tensor<A, 4>; 4] {
-    A::seed(&Default::default(), seed);
-    let dev = Default::default();
-    let t = |n: usize| Tensor::<A, 4>::random([2, 3, n, 8], Distribution::Normal(0.0, 1.0), &dev);
-    [t(n_q), t(n_k), t(n_k), t(n_q)]
+    let t = |n: usize, s: u64| seeded::<A, 4>([2, 3, n, 8], seed * 10 + s, 0.0, 2.0);
+    [t(n_q, 1), t(n_k, 2), t(n_k, 3), t(n_q, 4)]
 }
 
 /// Output and gradients of q, k, v under a fixed upstream gradient, by `f`.
@@ -168,4 +183,136 @@ fn applies_to_the_training_backends() {
     }
     #[cfg(feature = "wgpu")]
     assert!(has_fused_backward::<Autodiff<burn::backend::Wgpu<f32>>>());
+}
+
+// ---- GroupNorm (+ SiLU) ----
+
+use likeness_models::kernels::group_norm::{self, GroupNormOptions};
+
+/// Output and gradients of x, weight and bias by `f`, with a fixed upstream gradient.
+fn run_norm<A: burn::tensor::backend::AutodiffBackend>(
+    shape: [usize; 3],
+    dtype: DType,
+    f: impl Fn(Tensor<A, 3>, Tensor<A, 1>, Tensor<A, 1>) -> Tensor<A, 3>,
+) -> [Vec<f32>; 4] {
+    let x = seeded::<A, 3>(shape, 11, 0.5, 3.0);
+    let w = seeded::<A, 1>([shape[1]], 12, 1.0, 0.8);
+    let b = seeded::<A, 1>([shape[1]], 13, 0.0, 0.8);
+    let up = seeded::<A, 3>(shape, 14, 0.0, 1.5);
+    let (x, w, b) = (x.cast(dtype), w.cast(dtype), b.cast(dtype));
+    let (x, w, b) = (x.require_grad(), w.require_grad(), b.require_grad());
+    let out = f(x.clone(), w.clone(), b.clone());
+    assert_eq!(out.dtype(), dtype);
+    let grads = (out.clone().cast(DType::F32) * up).sum().backward();
+    let v = |t: Tensor<A::InnerBackend, 3>| {
+        t.cast(DType::F32)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let v1 = |t: Tensor<A::InnerBackend, 1>| {
+        t.cast(DType::F32)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    [
+        v(out.inner()),
+        v(x.grad(&grads).expect("dx")),
+        v1(w.grad(&grads).expect("dweight")),
+        v1(b.grad(&grads).expect("dbias")),
+    ]
+}
+
+const NORMS: [([usize; 3], usize, bool); 4] = [
+    ([2, 8, 15], 4, true),
+    ([2, 8, 15], 4, false),
+    ([1, 6, 7], 1, true),
+    ([3, 12, 5], 12, true),
+];
+
+#[test]
+fn group_norm_matches_burns_autodiff() {
+    for (shape, groups, silu) in NORMS {
+        let options = GroupNormOptions {
+            groups,
+            eps: 1e-5,
+            silu,
+        };
+        let want = run_norm::<AD>(shape, DType::F32, |x, w, b| {
+            group_norm::reference(x, w, b, options)
+        });
+        let got = run_norm::<AD>(shape, DType::F32, |x, w, b| {
+            group_norm::group_norm(x, w, b, options)
+        });
+        for (i, name) in ["out", "dx", "dweight", "dbias"].iter().enumerate() {
+            assert_close(
+                &format!("{name} {shape:?} groups={groups} silu={silu}"),
+                &got[i],
+                &want[i],
+            );
+        }
+        let recompute = run_norm::<ADRecompute>(shape, DType::F32, |x, w, b| {
+            group_norm::group_norm(x.exp().log(), w, b, options)
+        });
+        for (i, name) in ["out", "dx", "dweight", "dbias"].iter().enumerate() {
+            assert_close(
+                &format!("{name} (recompute) {shape:?}"),
+                &recompute[i],
+                &want[i],
+            );
+        }
+    }
+}
+
+#[test]
+fn group_norm_in_bf16_follows_f32() {
+    let options = GroupNormOptions {
+        groups: 4,
+        eps: 1e-5,
+        silu: true,
+    };
+    let shape = [2, 8, 15];
+    let want = run_norm::<AD>(shape, DType::F32, |x, w, b| {
+        group_norm::reference(x, w, b, options)
+    });
+    let got = run_norm::<AD>(shape, DType::BF16, |x, w, b| {
+        group_norm::group_norm(x, w, b, options)
+    });
+    for (i, name) in ["out", "dx", "dweight", "dbias"].iter().enumerate() {
+        let e = rel_err(&got[i], &want[i]);
+        println!("{name} bf16 vs f32: relative error {e:.3e}");
+        assert!(e < 3e-2 && e > 0.0, "{name}: bf16 relative error {e:.3e}");
+    }
+}
+
+#[test]
+fn group_norm_applies_to_the_training_backends() {
+    assert!(group_norm::has_fused_backward::<AD>());
+    assert!(group_norm::has_fused_backward::<ADRecompute>());
+    assert!(!group_norm::has_fused_backward::<B>());
+}
+
+#[test]
+fn group_norm_forward_is_burns_on_plain_backends() {
+    // Inference takes the reference path: same numbers bit for bit.
+    let options = GroupNormOptions {
+        groups: 4,
+        eps: 1e-5,
+        silu: true,
+    };
+    let [x, _, _, _] = inputs::<B>(8, 8, 5);
+    let x: Tensor<B, 3> = x.reshape([2, 12, 16]);
+    let w = Tensor::<B, 1>::ones([12], &Default::default()) * 1.5;
+    let b = Tensor::<B, 1>::zeros([12], &Default::default()) + 0.25;
+    let got = values(group_norm::group_norm(
+        x.clone(),
+        w.clone(),
+        b.clone(),
+        options,
+    ));
+    let want = values(group_norm::reference(x, w, b, options));
+    assert_eq!(got, want);
 }
