@@ -316,3 +316,43 @@ fn group_norm_forward_is_burns_on_plain_backends() {
     let want = values(group_norm::reference(x, w, b, options));
     assert_eq!(got, want);
 }
+
+/// The same ops on a CubeCL runtime (wgpu; in CI Mesa's CPU Vulkan driver, lavapipe): the
+/// attention forward is then CubeCL's attention kernel and the backward runs as CubeCL kernels.
+/// Against Burn's autodiff on the CPU backend.
+#[cfg(feature = "wgpu")]
+#[test]
+fn kernels_on_wgpu_match_burns_autodiff_on_the_cpu() {
+    if std::env::var_os("LIKENESS_SKIP_WGPU").is_some() {
+        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
+        return;
+    }
+    type AW = Autodiff<burn::backend::Wgpu<f32>>;
+    for (n_q, n_k, causal) in [(17, 13, false), (16, 16, true)] {
+        let want = run::<AD>(n_q, n_k, causal, DType::F32, plain(causal));
+        let got = run::<AW>(n_q, n_k, causal, DType::F32, |q, k, v| {
+            attention(q, k, v, causal)
+        });
+        for (i, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            assert_close(
+                &format!("wgpu attention {name} n_q={n_q} causal={causal}"),
+                &got[i],
+                &want[i],
+            );
+        }
+    }
+    let options = GroupNormOptions {
+        groups: 4,
+        eps: 1e-5,
+        silu: true,
+    };
+    let want = run_norm::<AD>([2, 8, 15], DType::F32, |x, w, b| {
+        group_norm::reference(x, w, b, options)
+    });
+    let got = run_norm::<AW>([2, 8, 15], DType::F32, |x, w, b| {
+        group_norm::group_norm(x, w, b, options)
+    });
+    for (i, name) in ["out", "dx", "dweight", "dbias"].iter().enumerate() {
+        assert_close(&format!("wgpu group norm {name}"), &got[i], &want[i]);
+    }
+}
