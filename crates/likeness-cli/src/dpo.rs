@@ -208,6 +208,12 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         }
         resume => resume,
     };
+    let first_run = match &job {
+        DpoJob::New { config, .. } => {
+            crate::tuning::announce(device, format!("dpo {} {mixed:?}", config.model.display()))
+        }
+        DpoJob::Resume { .. } => None,
+    };
     let outcome = dispatch(
         device,
         Precision::F32,
@@ -217,6 +223,9 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
             cancel,
         },
     )??;
+    if !outcome.loras.is_empty() {
+        crate::tuning::record(first_run);
+    }
     for lora in &outcome.loras {
         println!("{}", lora.display());
     }

@@ -329,6 +329,18 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
         }
         resume => resume,
     };
+    let first_run = match &job {
+        DreamBoothJob::New { config, .. } => crate::tuning::announce(
+            device,
+            format!(
+                "dreambooth {} {}px batch {} {mixed:?}",
+                config.model.display(),
+                config.resolution.unwrap_or(0),
+                config.batch
+            ),
+        ),
+        DreamBoothJob::Resume { .. } => None,
+    };
     let outcome = dispatch(
         device,
         Precision::F32,
@@ -338,6 +350,9 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
             cancel,
         },
     )??;
+    if outcome.step > 0 {
+        crate::tuning::record(first_run);
+    }
     if let Some(path) = &outcome.checkpoint {
         println!("{}", path.display());
     }

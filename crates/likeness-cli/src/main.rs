@@ -9,6 +9,7 @@ mod export;
 mod generate;
 mod interrupt;
 mod score;
+mod tuning;
 mod world;
 
 use std::process::ExitCode;

@@ -3,6 +3,8 @@
 //! Work that must run on "some backend" implements [`BackendTask`]; [`dispatch`] picks the
 //! backend type from the user's choice and calls it once, monomorphised for that backend.
 
+use std::path::PathBuf;
+
 use burn::prelude::*;
 
 use crate::error::{ModelError, Result};
@@ -257,6 +259,85 @@ pub fn dispatch<T: BackendTask>(
     }
 }
 
+/// Where GPU kernels and their tuning are kept: `$LIKENESS_KERNEL_CACHE`, else the user's cache
+/// folder (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS,
+/// `%LOCALAPPDATA%` on Windows) + `likeness/kernels`.
+pub fn kernel_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LIKENESS_KERNEL_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = || std::env::var_os("HOME").map(PathBuf::from);
+    let base = if cfg!(target_os = "windows") {
+        std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
+    } else if cfg!(target_os = "macos") {
+        home().map(|h| h.join("Library/Caches"))
+    } else {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| home().map(|h| h.join(".cache")))
+    };
+    base.unwrap_or_else(std::env::temp_dir)
+        .join("likeness")
+        .join("kernels")
+}
+
+/// A GPU tunes Burn's kernels for every new op shape the first time a kind of work runs on it
+/// (autotune: minutes for a Stable Diffusion UNet, once; the results stay in the kernel cache).
+/// These marks remember which kinds of work have run on the GPU, so the app and the CLI can say
+/// what a slow first run is doing. A lost mark only shows the notice once more.
+pub mod tuning {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use super::DeviceChoice;
+
+    /// What the app and the CLI say while a first run tunes.
+    pub const NOTICE: &str =
+        "first run of this work on this GPU: tuning kernels (a few minutes, once)";
+
+    /// `tuned.txt` in the kernel cache: one line per device and kind of work.
+    pub fn marks_file() -> PathBuf {
+        super::kernel_cache_dir().join("tuned.txt")
+    }
+
+    fn line(device: DeviceChoice, work: &str) -> String {
+        format!("{device:?} {}", work.replace(['\n', '\r'], " "))
+    }
+
+    fn marks() -> BTreeSet<String> {
+        std::fs::read_to_string(marks_file())
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `work` (a description of the shapes it runs: model, size, precision…) has not
+    /// yet run on `device`; never for the CPU, which has nothing to tune.
+    pub fn needs_tuning(device: DeviceChoice, work: &str) -> bool {
+        device != DeviceChoice::Cpu
+            && device != DeviceChoice::Auto
+            && !marks().contains(&line(device, work))
+    }
+
+    /// Records that `work` has run on `device` (written atomically).
+    pub fn mark_tuned(device: DeviceChoice, work: &str) -> crate::error::Result<()> {
+        if !needs_tuning(device, work) {
+            return Ok(());
+        }
+        let mut all = marks();
+        all.insert(line(device, work));
+        let mut text = all.into_iter().collect::<Vec<_>>().join("\n");
+        text.push('\n');
+        let file = marks_file();
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| crate::error::ModelError::Io {
+                path: parent.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        }
+        crate::png_meta::write_atomic(&file, text.as_bytes())
+    }
+}
+
 /// Where compiled GPU kernels and autotune results are kept between launches, so only the first
 /// launch compiles (measured on an H100: the first bf16 UNet forward took 11.4 s in a fresh
 /// process, 0.8 s in the next one with the cache; `docs/perf.md`).
@@ -267,26 +348,9 @@ pub mod kernel_cache {
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
 
-    /// `$LIKENESS_KERNEL_CACHE`, else the user's cache folder (`$XDG_CACHE_HOME` or
-    /// `~/.cache` on Linux, `~/Library/Caches` on macOS, `%LOCALAPPDATA%` on Windows) +
-    /// `likeness/kernels`.
+    /// See [`super::kernel_cache_dir`].
     pub fn dir() -> PathBuf {
-        if let Some(d) = std::env::var_os("LIKENESS_KERNEL_CACHE") {
-            return PathBuf::from(d);
-        }
-        let home = || std::env::var_os("HOME").map(PathBuf::from);
-        let base = if cfg!(target_os = "windows") {
-            std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
-        } else if cfg!(target_os = "macos") {
-            home().map(|h| h.join("Library/Caches"))
-        } else {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| home().map(|h| h.join(".cache")))
-        };
-        base.unwrap_or_else(std::env::temp_dir)
-            .join("likeness")
-            .join("kernels")
+        super::kernel_cache_dir()
     }
 
     /// The runtime settings Likeness uses: a `cubecl.toml` / `burn.toml` found from the working

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use likeness_models::device::{DeviceChoice, Precision, dispatch, resolve, training_placement};
+use likeness_models::device::{
+    DeviceChoice, Precision, dispatch, resolve, training_placement, tuning,
+};
 use likeness_models::lora::LoraTargets;
 use likeness_train::TrainEvent;
 use likeness_train::dpo::{DpoConfig, DpoJob, DpoLossRecord, DpoSource, DpoTask, STAGE_LORA_FILE};
@@ -165,13 +167,19 @@ impl Worker {
         Ok((p.device, p.precision))
     }
 
+    /// `work`: what the job runs on `device`, for the first-run tuning notice
+    /// ([`tuning::needs_tuning`]).
     fn progress(
         &self,
         job: &Job,
         runs: Vec<RunRecord>,
         stage_steps: Option<usize>,
+        device: DeviceChoice,
+        work: String,
     ) -> Progress<'_> {
         Progress {
+            tuning: tuning::needs_tuning(device, &work).then_some((device, work)),
+            label: String::new(),
             shared: &self.shared,
             ws: &self.ws,
             job: job.id,
@@ -191,6 +199,12 @@ impl Worker {
         let runs = self.ws.job_runs(job)?;
         let run = runs.first().cloned().ok_or_else(|| run_deleted(job))?;
         let (device, mixed) = self.training_device()?;
+        let work = format!(
+            "dreambooth {} {}px batch {} {mixed:?}",
+            self.ws.base_model(settings.base_model_id)?.path.display(),
+            settings.resolution,
+            settings.batch
+        );
         let run_dir = run.root.clone();
         let train_job = if run_dir.join("config.json").is_file() {
             DreamBoothJob::Resume {
@@ -210,7 +224,7 @@ impl Worker {
             }
         };
         self.ws.set_run_status(run.run.id, JobStatus::Running)?;
-        let mut progress = self.progress(job, runs, None);
+        let mut progress = self.progress(job, runs, None, device, work);
         let outcome = dispatch(
             device,
             Precision::F32,
@@ -233,6 +247,12 @@ impl Worker {
         let stages = self.ws.job_runs(job)?;
         let first = stages.first().cloned().ok_or_else(|| run_deleted(job))?;
         let (device, mixed) = self.training_device()?;
+        let work = format!(
+            "dpo {} {mixed:?}",
+            run_base_model(&self.ws, settings.from_run_id)?
+                .path
+                .display()
+        );
         let run_dir = first.root.clone();
         let train_job = if run_dir.join("config.json").is_file() {
             DpoJob::Resume {
@@ -287,7 +307,7 @@ impl Worker {
             }
         };
         let last = stages.last().map(|s| s.run.id);
-        let mut progress = self.progress(job, stages.clone(), Some(settings.steps));
+        let mut progress = self.progress(job, stages.clone(), Some(settings.steps), device, work);
         // The first unfinished stage runs first (finished ones are kept by a resume).
         if let Some(first) = stages.iter().find(|s| s.run.status != JobStatus::Done) {
             progress.touch_stage(first.run.stage.unwrap_or(1));
@@ -312,13 +332,31 @@ impl Worker {
     fn gallery(&self, job: &Job, cancel: Arc<AtomicBool>) -> Result<Ending> {
         let spec: GallerySpec = self.settings(job)?;
         let device = resolve(self.shared.device)?;
+        let work = format!(
+            "gallery {} {}px {:?}",
+            self.ws.base_model(spec.key.base_model_id)?.path.display(),
+            spec.key.resolution,
+            self.shared.precision
+        );
+        let mut first_run = tuning::needs_tuning(device, &work);
         let (shared, ws, id, total) = (&self.shared, &self.ws, job.id, job.total);
         let mut last_write: Option<Instant> = None;
         let mut on_progress = |phase: &str, done: usize| {
             let done = done.min(total);
+            if first_run && done > 0 {
+                first_run = false;
+                if let Err(e) = tuning::mark_tuned(device, &work) {
+                    tracing::warn!("recording kernel tuning: {e}");
+                }
+            }
+            let phase = if first_run {
+                format!("{phase} — {}", tuning::NOTICE)
+            } else {
+                phase.to_string()
+            };
             shared.emit(&JobEvent::Phase {
                 job_id: id,
-                phase: phase.to_string(),
+                phase,
                 done,
                 total,
             });
@@ -492,6 +530,11 @@ pub(crate) fn copy_photos(ws: &Workspace, project: ProjectId, dir: &Path) -> Res
 
 /// Turns a trainer's events into job events and database progress.
 struct Progress<'a> {
+    /// Set until the first training step of work that has not run on this GPU before: the
+    /// device and the work's description (see [`tuning`]).
+    tuning: Option<(DeviceChoice, String)>,
+    /// The phase shown, without the tuning notice.
+    label: String,
     shared: &'a Shared,
     ws: &'a Workspace,
     job: JobId,
@@ -539,6 +582,7 @@ impl Progress<'_> {
                 self.run_step = start_step;
                 self.step = self.offset() + start_step;
                 self.recent.clear();
+                let phase = self.with_notice(phase);
                 self.emit(JobEvent::Started {
                     job_id: self.job,
                     total: self.total,
@@ -552,6 +596,18 @@ impl Progress<'_> {
                 lr,
                 secs,
             } => {
+                if let Some((device, work)) = self.tuning.take() {
+                    // The first step ran: its shapes are tuned; the label loses the notice.
+                    if let Err(e) = tuning::mark_tuned(device, &work) {
+                        tracing::warn!("recording kernel tuning: {e}");
+                    }
+                    self.emit(JobEvent::Phase {
+                        job_id: self.job,
+                        phase: self.label.clone(),
+                        done: 0,
+                        total: 0,
+                    });
+                }
                 self.run_step = step;
                 self.step = self.offset() + step;
                 self.recent.push_back(secs);
@@ -621,12 +677,23 @@ impl Progress<'_> {
         } else {
             (message.to_string(), 0, 0)
         };
+        let phase = self.with_notice(phase);
         self.emit(JobEvent::Phase {
             job_id: self.job,
             phase,
             done,
             total,
         });
+    }
+
+    /// Remembers `phase` as the label and adds the tuning notice while the first step has not
+    /// run.
+    fn with_notice(&mut self, phase: String) -> String {
+        self.label = phase.clone();
+        match self.tuning {
+            Some(_) => format!("{phase} — {}", tuning::NOTICE),
+            None => phase,
+        }
     }
 
     /// DPO stage `stage` is being worked on: the stages with a LoRA file are done, this one
