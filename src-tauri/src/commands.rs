@@ -352,6 +352,27 @@ async fn start_dpo(
     Ok(job)
 }
 
+/// Queues seed-matched pictures of the base model and `run_ids` (for Compare, where a run has
+/// none yet: runs trained before galleries were made after every job, or whose gallery failed).
+#[tauri::command]
+async fn start_gallery(
+    state: State<'_, AppState>,
+    watchers: State<'_, Watchers>,
+    project_id: i64,
+    run_ids: Vec<RunId>,
+    on_event: Channel<JobEvent>,
+) -> Answer<Job> {
+    let columns = std::iter::once(None)
+        .chain(run_ids.into_iter().map(Some))
+        .collect();
+    let job = state
+        .runner
+        .submit_gallery(project_id, columns)
+        .map_err(line)?;
+    watchers.watch(job.id, on_event);
+    Ok(job)
+}
+
 #[tauri::command]
 async fn list_jobs(state: State<'_, AppState>) -> Answer<Vec<Job>> {
     state.runner.jobs().map_err(line)
@@ -455,6 +476,7 @@ pub fn handler<R: tauri::Runtime>() -> impl Fn(tauri::ipc::Invoke<R>) -> bool + 
         default_dreambooth_settings,
         start_dreambooth,
         start_dpo,
+        start_gallery,
         list_jobs,
         watch_job,
         cancel_job,

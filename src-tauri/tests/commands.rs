@@ -181,3 +181,55 @@ fn bad_input_answers_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn compare_without_pictures_then_a_gallery_job_makes_them() {
+    let dir = tmp("gallery");
+    let (_app, w) = open(&dir);
+    let projects = call(&w, "list_projects", json!({})).unwrap();
+    let id = projects[0]["id"].as_i64().unwrap();
+    // No gallery yet: Compare answers one line, which the front end turns into a "make
+    // pictures" offer.
+    let err = call(&w, "compare", json!({"projectId": id, "runIds": []})).unwrap_err();
+    assert!(err.as_str().unwrap().contains("gallery"), "{err}");
+
+    let job = call(
+        &w,
+        "start_gallery",
+        json!({"projectId": id, "runIds": [], "onEvent": "__CHANNEL__:7"}),
+    )
+    .unwrap();
+    assert_eq!(job["kind"], "gallery", "{job}");
+    let job_id = job["id"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        let jobs = call(&w, "list_jobs", json!({})).unwrap();
+        let this = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == job_id)
+            .cloned()
+            .unwrap();
+        let status = this["status"].as_str().unwrap().to_string();
+        if !["queued", "running"].contains(&status.as_str()) {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "gallery job still {status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(status, "done");
+    let table = call(&w, "compare", json!({"projectId": id, "runIds": []})).unwrap();
+    assert_eq!(table["columns"].as_array().unwrap().len(), 1, "{table}");
+    assert!(!table["cells"].as_array().unwrap().is_empty());
+
+    // A run of another project is refused in one line.
+    let err = call(
+        &w,
+        "start_gallery",
+        json!({"projectId": id, "runIds": [424242], "onEvent": "__CHANNEL__:8"}),
+    )
+    .unwrap_err();
+    assert!(!err.as_str().unwrap().contains('\n'), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
