@@ -109,6 +109,9 @@ L="$bin bench --device $DEV ${EXTRA:-}"
 # run the same binary with it off, and carry the layer-by-layer profile (which synchronises
 # around every layer, so fusion could not act there anyway).
 LU="env LIKENESS_FUSION=0 $L"
+# Likeness' own attention and GroupNorm autodiff ops off (`LIKENESS_KERNELS=0`): Burn's ops
+# differentiated one by one, for the side-by-side of that change.
+LK="env LIKENESS_KERNELS=0 $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
@@ -122,6 +125,7 @@ item infer-bf16 150 likeness $L --precision bf16 --iters 5
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 3 --profile
 item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
 item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
+item db-bf16-b1 120 likeness-burnops $LK --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 3
 item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
 item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
