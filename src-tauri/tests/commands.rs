@@ -215,7 +215,10 @@ fn compare_without_pictures_then_a_gallery_job_makes_them() {
         if !["queued", "running"].contains(&status.as_str()) {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "gallery job still {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gallery job still {status}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(status, "done");

@@ -58,8 +58,26 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panic's message and place go to the log (`LIKENESS_LOG=debug`); the terminal gets one
+    // line: from `dispatch` for work on a backend, from the catch below for anything else.
+    std::panic::set_hook(Box::new(|info| tracing::debug!("panic: {info}")));
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|payload| {
+        Err(anyhow::anyhow!(likeness_models::device::panic_line(
+            &*payload
+        )))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Dreambooth(args) => dreambooth::run(*args),
         Command::Bench(args) => bench::run(args),
@@ -69,12 +87,5 @@ fn main() -> ExitCode {
         Command::Dpo(args) => dpo::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Demo(args) => demo::run(*args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }

@@ -204,7 +204,50 @@ pub fn dispatch<T: BackendTask>(
     let device = resolve(choice)?;
     let placement = Placement { device, precision };
     tracing::info!("running on {placement}");
+    // GPU runtimes report a failed kernel launch, running out of memory among them, by
+    // panicking: the task ends with a one-line error instead (its checkpoints stay).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_on(device, precision, placement, task)
+    }))
+    .unwrap_or_else(|payload| Err(ModelError::Invalid(panic_line(&*payload))))
+}
 
+/// One line for a panic that escaped a backend or a task: running out of memory becomes
+/// advice, anything else the first line of its message.
+pub fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown error");
+    let lower = text.to_ascii_lowercase();
+    if [
+        "out-of-memory",
+        "out of memory",
+        "outofmemory",
+        "out_of_memory",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
+    {
+        return "the GPU ran out of memory: lower the resolution or the batch, turn on gradient \
+                checkpointing, or train in bf16"
+            .into();
+    }
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error");
+    format!("internal error: {first}")
+}
+
+fn run_on<T: BackendTask>(
+    device: DeviceChoice,
+    precision: Precision,
+    placement: Placement,
+    task: T,
+) -> Result<T::Output> {
     match device {
         #[cfg(all(feature = "cuda", feature = "fusion"))]
         DeviceChoice::Cuda if !fusion_wanted() => {

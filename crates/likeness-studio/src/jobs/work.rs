@@ -105,12 +105,9 @@ impl Worker {
             JobKind::Gallery => self.gallery(&job, cancel.clone()),
         }));
         let result = outcome.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(StudioError::Invalid(format!("internal error: {what}")))
+            Err(StudioError::Invalid(likeness_models::device::panic_line(
+                &*panic,
+            )))
         });
         let stopping = lock(&self.shared.queue).stop;
         let (status, message, event) = match result {
