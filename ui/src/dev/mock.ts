@@ -32,6 +32,9 @@ const runs: Run[] = [
   { id: 3, projectId: 1, kind: 'dpo', parentRunId: 2, stage: 1, label: 'DPO 1', status: 'done', steps: 500, createdAt: now() - 3600 },
 ];
 const jobs: Job[] = [];
+/** The columns (null = the base model) that have seed-matched pictures; DPO 1 has none until a gallery job makes them. */
+const galleried = new Set<number | null>([null, 2]);
+const galleryPrompts = ['a photo of sks dog on the beach', 'a sks dog wearing a red hat', 'a painting of sks dog in the style of Monet'];
 
 function simulate(job: Job, channel: Channel<JobEvent>, kind: 'dreambooth' | 'dpo') {
   const send = (e: JobEvent) => (channel as unknown as { onmessage: (e: JobEvent) => void }).onmessage(e);
@@ -68,6 +71,23 @@ function simulate(job: Job, channel: Channel<JobEvent>, kind: 'dreambooth' | 'dp
       }
     }
   }, 100);
+}
+
+function simulateGallery(job: Job, channel: Channel<JobEvent>, columns: (number | null)[]) {
+  const send = (e: JobEvent) => (channel as unknown as { onmessage: (e: JobEvent) => void }).onmessage(e);
+  send({ event: 'started', jobId: job.id, total: job.total, phase: 'loading models' });
+  let done = 0;
+  const timer = setInterval(() => {
+    done += 1;
+    job.step = done;
+    send({ event: 'phase', jobId: job.id, phase: 'gallery images', done, total: job.total });
+    if (done >= job.total) {
+      clearInterval(timer);
+      for (const c of columns) galleried.add(c);
+      job.status = 'done';
+      send({ event: 'finished', jobId: job.id, runId: null });
+    }
+  }, 150);
 }
 
 // Open the first project unless the page was used before.
@@ -131,6 +151,14 @@ mockIPC((cmd, raw) => {
       setTimeout(() => simulate(job, a.onEvent, kind), 50);
       return job;
     }
+    case 'start_gallery': {
+      const columns: (number | null)[] = [null, ...a.runIds];
+      const total = galleryPrompts.length * columns.length;
+      const job: Job = { id: nextId++, kind: 'gallery', projectId: a.projectId, runId: null, status: 'queued', step: 0, total, message: null, createdAt: now() };
+      jobs.push(job);
+      setTimeout(() => simulateGallery(job, a.onEvent, columns), 50);
+      return job;
+    }
     case 'list_jobs':
       return jobs;
     case 'cancel_job': {
@@ -143,8 +171,11 @@ mockIPC((cmd, raw) => {
     case 'loss_history':
       return Array.from({ length: 400 }, (_, i) => ({ step: i + 1, loss: 0.2 * Math.exp(-i / 80) + 0.05 + Math.random() * 0.03 }));
     case 'compare': {
-      const prompts = ['a photo of sks dog on the beach', 'a sks dog wearing a red hat', 'a painting of sks dog in the style of Monet'];
+      const prompts = galleryPrompts;
       const cols = [{ runId: null, label: 'Base' }, ...runs.filter((r) => a.runIds.includes(r.id)).map((r) => ({ runId: r.id, label: r.label }))];
+      if (!cols.every((c) => galleried.has(c.runId))) {
+        throw `no seed-matched galleries of ${cols.map((c) => c.label).join(', ')} (the same prompts and seeds for each); make them with a gallery job of these columns`;
+      }
       return {
         prompts,
         columns: cols,
@@ -156,7 +187,7 @@ mockIPC((cmd, raw) => {
         { runId: null, label: 'Base', is: 0.52, ts: 0.31, seIs: 0.01, seTs: 0.006 },
         { runId: 2, label: 'DreamBooth', is: 0.74, ts: 0.27, seIs: 0.012, seTs: 0.007 },
         { runId: 3, label: 'DPO 1', is: 0.72, ts: 0.295, seIs: 0.011, seTs: 0.006 },
-      ];
+      ].filter((p) => galleried.has(p.runId));
     case 'export_lora':
       return { path: a.path, bytes: 3_276_800 };
     case 'plugin:dialog|save':

@@ -77,6 +77,16 @@ export function errorLine(error: unknown): string {
   return line.trim() || 'Unknown error';
 }
 
+/**
+ * True when a failed `compare` only says that the chosen models have no seed-matched pictures yet
+ * ("project 3 has no gallery yet; make one with a gallery job", "no seed-matched galleries of …;
+ * make them with a gallery job of these columns"): a state to offer `startGallery` for, not an error.
+ */
+export function isNoGalleryError(error: unknown): boolean {
+  const line = errorLine(error);
+  return /\bno (seed-matched )?galler(y|ies)\b/i.test(line) && /\bgallery job\b/i.test(line);
+}
+
 // ---- workspace and projects -------------------------------------------------------------------
 
 export const workspaceInfo = () => invoke<WorkspaceInfo>('workspace_info');
@@ -132,6 +142,14 @@ export const startDreambooth = (args: { projectId: Id; settings: DreamBoothSetti
 
 export const startDpo = (args: { projectId: Id; settings: DpoSettings; onEvent: EventChannel }) =>
   invoke<Job>('start_dpo', args);
+
+/**
+ * Queues seed-matched pictures (the same prompts and seeds) of the base model and `runIds`: the
+ * columns Compare shows, for runs that have no such gallery yet. A job of kind `gallery`; its
+ * `finished` event has `runId: null`.
+ */
+export const startGallery = (args: { projectId: Id; runIds: Id[]; onEvent: EventChannel }) =>
+  invoke<Job>('start_gallery', args);
 
 export const listJobs = () => invoke<Job[]>('list_jobs');
 

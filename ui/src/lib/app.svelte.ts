@@ -162,6 +162,13 @@ class AppState {
     return job;
   }
 
+  /** Queues seed-matched pictures of the base model and `runIds` (for Compare). */
+  async startGallery(projectId: Id, runIds: Id[]): Promise<Job | undefined> {
+    const job = await this.call(() => api.startGallery({ projectId, runIds, onEvent: this.channel() }));
+    if (job) this.track(job);
+    return job;
+  }
+
   async cancel(jobId: Id): Promise<void> {
     await this.call(() => api.cancelJob({ jobId }));
   }

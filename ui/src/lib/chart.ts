@@ -17,6 +17,15 @@ export interface Margin {
   left: number;
 }
 
+/** What the shared axes need of a chart's layout (LineLayout and ScatterLayout are both one). */
+export interface AxesFrame {
+  width: number;
+  height: number;
+  margin: Margin;
+  xTicks: Tick[];
+  yTicks: Tick[];
+}
+
 export const DEFAULT_MARGIN: Margin = { top: 12, right: 16, bottom: 28, left: 52 };
 
 /** A "nice" step (1, 2 or 5 × 10ⁿ) that cuts `span` into about `count` intervals. */
