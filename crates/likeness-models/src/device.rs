@@ -242,6 +242,7 @@ pub fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
     format!("internal error: {first}")
 }
 
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
 fn run_on<T: BackendTask>(
     device: DeviceChoice,
     precision: Precision,

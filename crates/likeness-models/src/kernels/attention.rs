@@ -26,8 +26,10 @@ use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
 use super::{ToDtype, downcast, float, for_each_autodiff_backend, wrap};
 
 /// Scores computed at once in the backward: blocks of query rows are sized so that one block's
-/// `[batch, heads, rows, n_k]` f32 scores stay under this many elements (512 MiB).
-pub const BACKWARD_BLOCK_ELEMENTS: usize = 1 << 27;
+/// `[batch, heads, rows, n_k]` f32 scores stay under this many elements (128 MiB; about four
+/// such tensors live at once, so SD 1.5's largest attention at 512 px, batch 1, takes four blocks
+/// of 1024 rows and ~0.5 GiB of transient memory).
+pub const BACKWARD_BLOCK_ELEMENTS: usize = 1 << 25;
 
 /// softmax(q·kᵀ / √d)·v over `[batch, heads, tokens, head_dim]`, causal (bottom-right aligned,
 /// as Burn's) when asked; differentiated by [`backward`] on the autodiff backends Likeness runs.
