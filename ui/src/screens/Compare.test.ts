@@ -59,7 +59,10 @@ describe('Compare screen', () => {
     const tableEl = await screen.findByTestId('compare-table');
     expect(within(tableEl).getAllByTestId('compare-cell')).toHaveLength(6);
     const seedSelect = screen.getByLabelText('Seed') as HTMLSelectElement;
+    // The seed shown is the one selected from the start (not a blank choice).
+    expect(seedSelect.value).toBe('0');
     await fireEvent.change(seedSelect, { target: { value: '1' } });
+    await waitFor(() => expect(seedSelect.value).toBe('1'));
     await waitFor(() =>
       expect(within(tableEl).getAllByTestId('compare-cell')[0].querySelector('img')?.getAttribute('src')).toMatch(
         /p0-c0-s1\.png$/,
