@@ -231,16 +231,23 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     /// In f32 whatever the input's dtype, like [`GroupNorm`]; the result has the input's dtype.
+    /// Every position is a one-group GroupNorm over its channels (`[positions, channels, 1]`),
+    /// so training takes the same single autodiff op ([`crate::kernels::group_norm`]).
     fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = in_dtype(x, DType::F32);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let normed = (x - mean).div((var + self.eps).sqrt());
-        let mut shape = [1usize; D];
-        shape[D - 1] = self.weight.dims()[0];
-        let weight = in_dtype(self.weight.val(), DType::F32).reshape(shape);
-        let bias = in_dtype(self.bias.val(), DType::F32).reshape(shape);
-        in_dtype(normed * weight + bias, dtype)
+        let dims = x.dims();
+        let channels = dims[D - 1];
+        let rows: Tensor<B, 3> = x.reshape([-1, channels as i64, 1]);
+        crate::kernels::group_norm::group_norm(
+            rows,
+            self.weight.val(),
+            self.bias.val(),
+            crate::kernels::group_norm::GroupNormOptions {
+                groups: 1,
+                eps: self.eps,
+                silu: false,
+            },
+        )
+        .reshape(dims)
     }
 }
 

@@ -356,3 +356,46 @@ fn kernels_on_wgpu_match_burns_autodiff_on_the_cpu() {
         assert_close(&format!("wgpu group norm {name}"), &got[i], &want[i]);
     }
 }
+
+#[test]
+fn layer_norm_through_the_group_norm_op_matches_burns_autodiff() {
+    // LayerNorm over the last dimension of [batch, tokens, channels] as Burn differentiates it,
+    // against `nn::LayerNorm`, which runs it as a one-group GroupNorm per token.
+    use likeness_models::nn::LayerNorm;
+    use likeness_models::weights::{VarBuilder, WeightStore};
+    fn grads<A: burn::tensor::backend::AutodiffBackend>(
+        f: impl Fn(Tensor<A, 3>, Tensor<A, 1>, Tensor<A, 1>) -> Tensor<A, 3>,
+    ) -> [Vec<f32>; 4] {
+        let x = seeded::<A, 3>([2, 5, 12], 21, 0.3, 2.0).require_grad();
+        let w = seeded::<A, 1>([12], 22, 1.0, 0.5).require_grad();
+        let b = seeded::<A, 1>([12], 23, 0.0, 0.5).require_grad();
+        let up = seeded::<A, 3>([2, 5, 12], 24, 0.0, 1.0);
+        let out = f(x.clone(), w.clone(), b.clone());
+        let g = (out.clone() * up).sum().backward();
+        let v = |t: Tensor<A::InnerBackend, 3>| t.into_data().to_vec::<f32>().unwrap();
+        let v1 = |t: Tensor<A::InnerBackend, 1>| t.into_data().to_vec::<f32>().unwrap();
+        [
+            v(out.inner()),
+            v(x.grad(&g).unwrap()),
+            v1(w.grad(&g).unwrap()),
+            v1(b.grad(&g).unwrap()),
+        ]
+    }
+    let want = grads::<AD>(|x, w, b| {
+        let (var, mean) = x.clone().var_mean_bias(2);
+        (x - mean).div((var + 1e-5).sqrt()) * w.reshape([1, 1, 12]) + b.reshape([1, 1, 12])
+    });
+    let got = grads::<AD>(|x, w, b| {
+        let vb = VarBuilder::<AD>::new(
+            std::sync::Arc::new(WeightStore::random(0)),
+            &Default::default(),
+        );
+        let mut norm = LayerNorm::<AD>::load(&vb, 12, 1e-5).unwrap();
+        norm.weight = burn::module::Param::from_tensor(w);
+        norm.bias = burn::module::Param::from_tensor(b);
+        norm.forward(x)
+    });
+    for (i, name) in ["out", "dx", "dweight", "dbias"].iter().enumerate() {
+        assert_close(&format!("layer norm {name}"), &got[i], &want[i]);
+    }
+}
