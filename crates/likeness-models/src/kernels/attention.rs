@@ -55,20 +55,6 @@ pub fn attention<B: Backend>(
     }
 }
 
-/// Whether [`attention`] uses its own backward on backend `B` (the autodiff backends of
-/// [`crate::device::dispatch`]'s backends, with or without gradient checkpointing).
-pub fn has_fused_backward<B: Backend>() -> bool {
-    macro_rules! check {
-        ($inner:ty, $strategy:ty) => {
-            if super::same_type::<B, Autodiff<$inner, $strategy>>() {
-                return true;
-            }
-        };
-    }
-    for_each_autodiff_backend!(check);
-    false
-}
-
 fn dispatch<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,

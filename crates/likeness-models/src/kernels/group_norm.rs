@@ -12,7 +12,7 @@
 //!
 //! Statistics, affine and SiLU run in f32 whatever the input's dtype, as PyTorch's autocast runs
 //! `group_norm`; the output has the input's dtype. Which backends take this path: see the
-//! [module](super) notes; elsewhere [`reference`] runs.
+//! [module](super) notes; elsewhere [`fn@reference`] runs.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -81,19 +81,6 @@ pub fn reference<B: Backend>(
     y.to_dtype(dtype)
 }
 
-/// Whether [`group_norm`] uses its own backward on backend `B`.
-pub fn has_fused_backward<B: Backend>() -> bool {
-    macro_rules! check {
-        ($inner:ty, $strategy:ty) => {
-            if super::same_type::<B, Autodiff<$inner, $strategy>>() {
-                return true;
-            }
-        };
-    }
-    for_each_autodiff_backend!(check);
-    false
-}
-
 fn dispatch<B: Backend>(
     x: &Tensor<B, 3>,
     weight: &Tensor<B, 1>,
@@ -159,7 +146,7 @@ fn affine<B: Backend>(
         + bias.to_dtype(DType::F32).reshape([1, c, 1])
 }
 
-/// Gradients of [`forward`] with respect to x, weight and bias, each in its input's dtype.
+/// Gradients of the forward with respect to x, weight and bias, each in its input's dtype.
 pub fn backward<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 1>,

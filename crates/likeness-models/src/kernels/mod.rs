@@ -29,10 +29,6 @@ pub fn enabled() -> bool {
     })
 }
 
-fn same_type<A: 'static, C: 'static>() -> bool {
-    std::any::TypeId::of::<A>() == std::any::TypeId::of::<C>()
-}
-
 /// `t` as a tensor of backend `A`, if `B` is `A`.
 fn downcast<B: Backend, A: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Tensor<A, D>> {
     (t as &dyn Any).downcast_ref::<Tensor<A, D>>().cloned()
@@ -75,6 +71,22 @@ macro_rules! for_each_autodiff_backend {
     };
 }
 use for_each_autodiff_backend;
+
+/// Whether these ops use their own backward on backend `B`: one of the autodiff backends
+/// recognised (see the module notes); elsewhere Burn's ops run.
+pub fn has_fused_backward<B: Backend>() -> bool {
+    macro_rules! check {
+        ($inner:ty, $strategy:ty) => {
+            if std::any::TypeId::of::<B>()
+                == std::any::TypeId::of::<burn::backend::Autodiff<$inner, $strategy>>()
+            {
+                return true;
+            }
+        };
+    }
+    for_each_autodiff_backend!(check);
+    false
+}
 
 /// `.to_dtype(d)`: [`crate::nn::in_dtype`] as a method — a cast only where the dtype differs.
 trait ToDtype {
