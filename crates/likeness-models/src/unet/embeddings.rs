@@ -51,7 +51,7 @@ pub struct Timesteps {
 }
 
 impl Timesteps {
-    /// [N] timesteps → [N, num_channels] embedding.
+    /// `[N]` timesteps → `[N, num_channels]` embedding.
     pub fn forward<B: Backend>(&self, timesteps: Tensor<B, 1>) -> Tensor<B, 2> {
         get_timestep_embedding(
             timesteps,

@@ -199,7 +199,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         Ok(model)
     }
 
-    /// Predicts the noise (or v) for `sample` [N, in_channels, H, W] at `timesteps` ([N] or [1],
+    /// Predicts the noise (or v) for `sample` `[N, in_channels, H, W]` at `timesteps` (`[N]` or `[1]`,
     /// float) given `encoder_hidden_states` [N, L, cross_attention_dim]; returns
     /// [N, out_channels, H, W].
     pub fn forward(
