@@ -154,7 +154,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             bail!("{}: no such LoRA file", l.path.display());
         }
     }
-    dispatch(args.device, args.precision, GenerateTask { args })?;
+    let device = likeness_models::device::resolve(args.device)?;
+    let first_run = crate::tuning::announce(
+        device,
+        format!(
+            "generate {} {}x{} {:?}",
+            args.model.display(),
+            args.width.unwrap_or(0),
+            args.height.unwrap_or(0),
+            args.precision
+        ),
+    );
+    dispatch(device, args.precision, GenerateTask { args })?;
+    crate::tuning::record(first_run);
     Ok(())
 }
 
