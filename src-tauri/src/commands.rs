@@ -79,6 +79,24 @@ impl Watchers {
             map.entry(job).or_default().push(channel);
         }
     }
+
+    /// A job just submitted (or resumed), watched through `channel`.
+    fn submitted(
+        &self,
+        job: likeness_studio::Result<Job>,
+        channel: Channel<JobEvent>,
+    ) -> Answer<Job> {
+        let job = job.map_err(line)?;
+        self.watch(job.id, channel);
+        Ok(job)
+    }
+}
+
+/// The columns Compare and galleries show: the base model's first, then `runs`.
+fn base_and(runs: impl IntoIterator<Item = RunId>) -> Vec<Option<RunId>> {
+    std::iter::once(None)
+        .chain(runs.into_iter().map(Some))
+        .collect()
 }
 
 /// Installs the listener that forwards runner events to the watching channels, and queues a
@@ -102,11 +120,7 @@ fn queue_gallery_after(runner: &JobRunner, finished: JobId) {
     if job.kind == JobKind::Gallery {
         return;
     }
-    let project = job.project_id;
-    let columns = std::iter::once(None)
-        .chain(job.run_id.into_iter().map(Some))
-        .collect();
-    if let Err(e) = runner.submit_gallery(project, columns) {
+    if let Err(e) = runner.submit_gallery(job.project_id, base_and(job.run_id)) {
         tracing::warn!("gallery after job {finished:?}: {e}");
     }
 }
@@ -328,12 +342,10 @@ async fn start_dreambooth(
     settings: DreamBoothSettings,
     on_event: Channel<JobEvent>,
 ) -> Answer<Job> {
-    let job = state
-        .runner
-        .submit_dreambooth(project_id, settings)
-        .map_err(line)?;
-    watchers.watch(job.id, on_event);
-    Ok(job)
+    watchers.submitted(
+        state.runner.submit_dreambooth(project_id, settings),
+        on_event,
+    )
 }
 
 #[tauri::command]
@@ -344,12 +356,7 @@ async fn start_dpo(
     settings: DpoSettings,
     on_event: Channel<JobEvent>,
 ) -> Answer<Job> {
-    let job = state
-        .runner
-        .submit_dpo(project_id, settings)
-        .map_err(line)?;
-    watchers.watch(job.id, on_event);
-    Ok(job)
+    watchers.submitted(state.runner.submit_dpo(project_id, settings), on_event)
 }
 
 /// Queues seed-matched pictures of the base model and `run_ids` (for Compare, where a run has
@@ -362,15 +369,10 @@ async fn start_gallery(
     run_ids: Vec<RunId>,
     on_event: Channel<JobEvent>,
 ) -> Answer<Job> {
-    let columns = std::iter::once(None)
-        .chain(run_ids.into_iter().map(Some))
-        .collect();
-    let job = state
-        .runner
-        .submit_gallery(project_id, columns)
-        .map_err(line)?;
-    watchers.watch(job.id, on_event);
-    Ok(job)
+    watchers.submitted(
+        state.runner.submit_gallery(project_id, base_and(run_ids)),
+        on_event,
+    )
 }
 
 #[tauri::command]
@@ -408,9 +410,7 @@ async fn resume_job(
     job_id: JobId,
     on_event: Channel<JobEvent>,
 ) -> Answer<Job> {
-    let job = state.runner.resume(job_id).map_err(line)?;
-    watchers.watch(job.id, on_event);
-    Ok(job)
+    watchers.submitted(state.runner.resume(job_id), on_event)
 }
 
 #[tauri::command]
@@ -429,12 +429,8 @@ async fn compare(
     project_id: i64,
     run_ids: Vec<RunId>,
 ) -> Answer<CompareTable> {
-    // The base model's column first, then the runs asked for.
-    let columns: Vec<Option<RunId>> = std::iter::once(None)
-        .chain(run_ids.into_iter().map(Some))
-        .collect();
     workspace(&state)?
-        .compare(project_id, &columns)
+        .compare(project_id, &base_and(run_ids))
         .map_err(line)
 }
 

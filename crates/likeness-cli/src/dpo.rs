@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use likeness_models::device::{DeviceChoice, Placement, Precision, dispatch, training_placement};
+use likeness_models::device::{
+    DeviceChoice, Placement, Precision, dispatch, training_placement, tuning,
+};
 use likeness_train::TrainEvent;
 use likeness_train::dpo::{DpoConfig, DpoJob, DpoSource, DpoTask};
 
@@ -209,9 +211,16 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         resume => resume,
     };
     let first_run = match &job {
-        DpoJob::New { config, .. } => {
-            crate::tuning::announce(device, format!("dpo {} {mixed:?}", config.model.display()))
-        }
+        DpoJob::New { config, .. } => crate::first_run::announce(
+            device,
+            tuning::work(
+                "dpo",
+                &config.model,
+                [config.resolution.unwrap_or(0); 2],
+                1,
+                mixed,
+            ),
+        ),
         DpoJob::Resume { .. } => None,
     };
     let outcome = dispatch(
@@ -224,7 +233,7 @@ pub fn run(args: DpoArgs) -> anyhow::Result<()> {
         },
     )??;
     if !outcome.loras.is_empty() {
-        crate::tuning::record(first_run);
+        crate::first_run::record(first_run);
     }
     for lora in &outcome.loras {
         println!("{}", lora.display());

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use likeness_models::device::{DeviceChoice, Placement, Precision, dispatch, training_placement};
+use likeness_models::device::{
+    DeviceChoice, Placement, Precision, dispatch, training_placement, tuning,
+};
 use likeness_models::lora::LoraTargets;
 use likeness_train::TrainEvent;
 use likeness_train::dreambooth::{DreamBoothConfig, DreamBoothJob, DreamBoothTask};
@@ -330,13 +332,14 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
         resume => resume,
     };
     let first_run = match &job {
-        DreamBoothJob::New { config, .. } => crate::tuning::announce(
+        DreamBoothJob::New { config, .. } => crate::first_run::announce(
             device,
-            format!(
-                "dreambooth {} {}px batch {} {mixed:?}",
-                config.model.display(),
-                config.resolution.unwrap_or(0),
-                config.batch
+            tuning::work(
+                "dreambooth",
+                &config.model,
+                [config.resolution.unwrap_or(0); 2],
+                config.batch,
+                mixed,
             ),
         ),
         DreamBoothJob::Resume { .. } => None,
@@ -351,7 +354,7 @@ pub fn run(args: DreamBoothArgs) -> anyhow::Result<()> {
         },
     )??;
     if outcome.step > 0 {
-        crate::tuning::record(first_run);
+        crate::first_run::record(first_run);
     }
     if let Some(path) = &outcome.checkpoint {
         println!("{}", path.display());

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use burn::prelude::*;
 use clap::Args;
-use likeness_models::device::{BackendTask, DeviceChoice, Placement, Precision, dispatch};
+use likeness_models::device::{BackendTask, DeviceChoice, Placement, Precision, dispatch, tuning};
 use likeness_models::lora_files::{merge_lora, open_lora_file};
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::png_meta::{a1111_parameters, save_png, write_atomic};
@@ -155,18 +155,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     let device = likeness_models::device::resolve(args.device)?;
-    let first_run = crate::tuning::announce(
+    let first_run = crate::first_run::announce(
         device,
-        format!(
-            "generate {} {}x{} {:?}",
-            args.model.display(),
-            args.width.unwrap_or(0),
-            args.height.unwrap_or(0),
-            args.precision
+        tuning::work(
+            "generate",
+            &args.model,
+            [args.width.unwrap_or(0), args.height.unwrap_or(0)],
+            1,
+            args.precision,
         ),
     );
     dispatch(device, args.precision, GenerateTask { args })?;
-    crate::tuning::record(first_run);
+    crate::first_run::record(first_run);
     Ok(())
 }
 

@@ -6,10 +6,10 @@ mod dpo;
 mod dreambooth;
 mod eval;
 mod export;
+mod first_run;
 mod generate;
 mod interrupt;
 mod score;
-mod tuning;
 mod world;
 
 use std::process::ExitCode;

@@ -331,9 +331,9 @@ pub fn kernel_cache_dir() -> PathBuf {
 /// what a slow first run is doing. A lost mark only shows the notice once more.
 pub mod tuning {
     use std::collections::BTreeSet;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
-    use super::DeviceChoice;
+    use super::{DeviceChoice, Precision};
 
     /// What the app and the CLI say while a first run tunes.
     pub const NOTICE: &str =
@@ -342,6 +342,21 @@ pub mod tuning {
     /// `tuned.txt` in the kernel cache: one line per device and kind of work.
     pub fn marks_file() -> PathBuf {
         super::kernel_cache_dir().join("tuned.txt")
+    }
+
+    /// The description marks are kept by: what sets a kind of work's op shapes (the app and
+    /// the CLI describe the same work alike; 0 for a size left to the model).
+    pub fn work(
+        kind: &str,
+        model: &Path,
+        [width, height]: [usize; 2],
+        batch: usize,
+        precision: Precision,
+    ) -> String {
+        format!(
+            "{kind} {} {width}x{height} batch {batch} {precision:?}",
+            model.display()
+        )
     }
 
     fn line(device: DeviceChoice, work: &str) -> String {
@@ -357,18 +372,19 @@ pub mod tuning {
     /// Whether `work` (a description of the shapes it runs: model, size, precision…) has not
     /// yet run on `device`; never for the CPU, which has nothing to tune.
     pub fn needs_tuning(device: DeviceChoice, work: &str) -> bool {
-        device != DeviceChoice::Cpu
-            && device != DeviceChoice::Auto
-            && !marks().contains(&line(device, work))
+        tunes(device) && !marks().contains(&line(device, work))
+    }
+
+    fn tunes(device: DeviceChoice) -> bool {
+        !matches!(device, DeviceChoice::Cpu | DeviceChoice::Auto)
     }
 
     /// Records that `work` has run on `device` (written atomically).
     pub fn mark_tuned(device: DeviceChoice, work: &str) -> crate::error::Result<()> {
-        if !needs_tuning(device, work) {
+        let mut all = marks();
+        if !tunes(device) || !all.insert(line(device, work)) {
             return Ok(());
         }
-        let mut all = marks();
-        all.insert(line(device, work));
         let mut text = all.into_iter().collect::<Vec<_>>().join("\n");
         text.push('\n');
         let file = marks_file();
@@ -387,22 +403,15 @@ pub mod tuning {
 /// process, 0.8 s in the next one with the cache; `docs/perf.md`).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernel_cache {
-    use std::path::PathBuf;
-
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
 
-    /// See [`super::kernel_cache_dir`].
-    pub fn dir() -> PathBuf {
-        super::kernel_cache_dir()
-    }
-
     /// The runtime settings Likeness uses: a `cubecl.toml` / `burn.toml` found from the working
     /// folder up (and `CUBECL_*` variables) win; where they name no cache, compiled kernels and
-    /// autotune results go under [`dir`].
+    /// autotune results go under [`super::kernel_cache_dir`].
     pub fn settings() -> CubeClRuntimeConfig {
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-        let dir = dir();
+        let dir = super::kernel_cache_dir();
         if config.compilation.cache.is_none() {
             config.compilation.cache = Some(CacheConfig::File(dir.join("compiled")));
         }
@@ -420,7 +429,7 @@ pub mod kernel_cache {
             let settings = settings();
             let unset = CubeClRuntimeConfig::storage().lock().is_none();
             if unset {
-                tracing::info!("GPU kernel cache: {}", dir().display());
+                tracing::info!("GPU kernel cache: {}", super::kernel_cache_dir().display());
                 CubeClRuntimeConfig::set(settings);
             }
         });
@@ -434,7 +443,7 @@ mod kernel_cache_tests {
     #[test]
     fn caches_default_to_the_likeness_kernel_folder() {
         let s = super::kernel_cache::settings();
-        let dir = super::kernel_cache::dir();
+        let dir = super::kernel_cache_dir();
         assert!(
             dir.ends_with("likeness/kernels")
                 || std::env::var_os("LIKENESS_KERNEL_CACHE").is_some()

@@ -54,31 +54,15 @@ pub fn group_norm<B: Backend, const D: usize>(
         .reshape(dims)
 }
 
-/// The same computed with Burn's tensor ops (differentiated op by op under autodiff).
+/// The same computed with Burn's tensor ops (differentiated op by op under autodiff): the op's
+/// own forward, without its statistics.
 pub fn reference<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 1>,
     bias: Tensor<B, 1>,
     options: GroupNormOptions,
 ) -> Tensor<B, 3> {
-    let dtype = x.dtype();
-    let [n, c, l] = x.dims();
-    let grouped = x
-        .to_dtype(DType::F32)
-        .reshape([n, options.groups, (c / options.groups) * l]);
-    let (var, mean) = grouped.clone().var_mean_bias(2);
-    let normed = (grouped - mean)
-        .div((var + options.eps).sqrt())
-        .reshape([n, c, l]);
-    let weight = weight.to_dtype(DType::F32).reshape([1, c, 1]);
-    let bias = bias.to_dtype(DType::F32).reshape([1, c, 1]);
-    let z = normed * weight + bias;
-    let y = if options.silu {
-        burn::tensor::activation::silu(z)
-    } else {
-        z
-    };
-    y.to_dtype(dtype)
+    forward(x, weight, bias, options).0
 }
 
 fn dispatch<B: Backend>(

@@ -164,18 +164,20 @@ impl Worker {
         Ok((p.device, p.precision))
     }
 
-    /// `work`: what the job runs on `device`, for the first-run tuning notice
-    /// ([`tuning::needs_tuning`]).
+    /// `work`: what the job runs on `device` ([`tuning::work`]), for the first-run tuning
+    /// notice; `None` when it cannot be told.
     fn progress(
         &self,
         job: &Job,
         runs: Vec<RunRecord>,
         stage_steps: Option<usize>,
         device: DeviceChoice,
-        work: String,
+        work: Option<String>,
     ) -> Progress<'_> {
         Progress {
-            tuning: tuning::needs_tuning(device, &work).then_some((device, work)),
+            tuning: work
+                .filter(|w| tuning::needs_tuning(device, w))
+                .map(|w| (device, w)),
             label: String::new(),
             shared: &self.shared,
             ws: &self.ws,
@@ -196,12 +198,12 @@ impl Worker {
         let runs = self.ws.job_runs(job)?;
         let run = runs.first().cloned().ok_or_else(|| run_deleted(job))?;
         let (device, mixed) = self.training_device()?;
-        let work = format!(
-            "dreambooth {} {}px batch {} {mixed:?}",
-            self.ws.base_model(settings.base_model_id)?.path.display(),
-            settings.resolution,
-            settings.batch
-        );
+        // A resume reads its model from the run; the workspace's entry may be gone by then.
+        let model = self.ws.base_model(settings.base_model_id);
+        let work = model.as_ref().ok().map(|m| {
+            let size = [settings.resolution; 2];
+            tuning::work("dreambooth", &m.path, size, settings.batch, mixed)
+        });
         let run_dir = run.root.clone();
         let train_job = if run_dir.join("config.json").is_file() {
             DreamBoothJob::Resume {
@@ -211,7 +213,7 @@ impl Worker {
             }
         } else {
             let project = self.ws.project(job.project_id)?;
-            let model = self.ws.base_model(settings.base_model_id)?;
+            let model = model?;
             let photos = run_dir.join("photos");
             copy_photos(&self.ws, project.id, &photos)?;
             let config = dreambooth_config(&project, &model, &settings, &photos, mixed);
@@ -244,12 +246,15 @@ impl Worker {
         let stages = self.ws.job_runs(job)?;
         let first = stages.first().cloned().ok_or_else(|| run_deleted(job))?;
         let (device, mixed) = self.training_device()?;
-        let work = format!(
-            "dpo {} {mixed:?}",
-            run_base_model(&self.ws, settings.from_run_id)?
-                .path
-                .display()
-        );
+        let work = self
+            .ws
+            .run_record(settings.from_run_id)
+            .ok()
+            .and_then(|from| {
+                let model = run_base_model(&self.ws, from.run.id).ok()?;
+                let size = [trained_resolution(&from).unwrap_or(0); 2];
+                Some(tuning::work("dpo", &model.path, size, 1, mixed))
+            });
         let run_dir = first.root.clone();
         let train_job = if run_dir.join("config.json").is_file() {
             DpoJob::Resume {
@@ -329,11 +334,12 @@ impl Worker {
     fn gallery(&self, job: &Job, cancel: Arc<AtomicBool>) -> Result<Ending> {
         let spec: GallerySpec = self.settings(job)?;
         let device = resolve(self.shared.device)?;
-        let work = format!(
-            "gallery {} {}px {:?}",
-            self.ws.base_model(spec.key.base_model_id)?.path.display(),
-            spec.key.resolution,
-            self.shared.precision
+        let work = tuning::work(
+            "gallery",
+            &self.ws.base_model(spec.key.base_model_id)?.path,
+            [spec.key.resolution; 2],
+            1,
+            self.shared.precision,
         );
         let mut first_run = tuning::needs_tuning(device, &work);
         let (shared, ws, id, total) = (&self.shared, &self.ws, job.id, job.total);
