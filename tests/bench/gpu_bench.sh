@@ -6,7 +6,9 @@
 # (default 500) are spent. Peak GPU memory is nvidia-smi's used memory sampled every 100 ms while
 # an item runs (the same meter for both sides; it includes the CUDA context).
 #   BUDGET=500 tests/bench/gpu_bench.sh
-# Writes $OUT (default /tmp/likeness-bench): summary.md (one table) and logs.tar.gz.
+# Writes $OUT (default /tmp/likeness-bench): summary.md (one table), logs.tar.gz, and the kernel
+# cache it filled (kernels.tar.xz.*: autotune results and compiled kernels; unpack a carried copy
+# with KERNELS=path/kernels.tar.xz so a later session on the same card skips the tuning).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
@@ -21,7 +23,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 # CubeCL: compiled kernels and autotune results cached on disk, so only the first process compiles.
-printf '[compilation]\ncache = "target"\n\n[autotune]\ncache = "target"\n' > cubecl.toml
+export LIKENESS_KERNEL_CACHE="$PWD/target/kernels"
+mkdir -p "$LIKENESS_KERNEL_CACHE"
+if [ -n "${KERNELS:-}" ] && ls "$KERNELS"* >/dev/null 2>&1; then
+  cat "$KERNELS"* | xz -dc | tar -C "$LIKENESS_KERNEL_CACHE" -xf - && echo "kernel cache unpacked from $KERNELS"
+fi
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)
 base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
 summary="$out/summary.md"
@@ -116,8 +122,8 @@ P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
 # time is what an artist's first launch on this GPU pays.
-item tune-bf16 300 likeness $L --precision bf16 --only all --iters 0 --steps 2
-item tune-db-bf16 300 likeness $L --precision bf16 --only db-step --iters 0
+item tune-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only all --iters 0 --steps 2
+item tune-db-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only db-step --iters 0
 item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
 item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
 item infer-bf16 90 diffusers $P --precision bf16 --iters 5 --profile
@@ -145,3 +151,4 @@ world_probe
 echo "budget used: $(($(date +%s) - start)) s of $budget" | tee -a "$summary"
 cat "$summary"
 tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"
+tar -C "$LIKENESS_KERNEL_CACHE" -cf - . | xz -1 -T0 | split -b 15M - "$out/kernels.tar.xz."

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use likeness_models::device::{DeviceChoice, Precision, dispatch};
+use likeness_models::device::{DeviceChoice, Precision, dispatch, tuning};
 use likeness_train::TrainEvent;
 use likeness_train::optim::LrSchedule;
 use likeness_train::world::{CONCEPTS, write_concept_photos};
@@ -95,6 +95,11 @@ pub struct TrainArgs {
     pub lr_scale: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Condition the UNet on this trained CLIP (a transformers folder with the world tokenizer's
+    /// vocabulary, such as `assets/models/world-clip`) instead of training one: `--clip-steps`
+    /// is then ignored and no `clip/` run is made.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long)]
@@ -277,9 +282,24 @@ fn stage(
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &a.clip
+        && !dir.join("config.json").is_file()
+    {
+        bail!("{}: not a CLIP folder (no config.json)", dir.display());
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let spec = WorldModelSpec::default();
+    let first_run = crate::first_run::announce(
+        likeness_models::device::resolve(a.device)?,
+        tuning::work(
+            "world train",
+            Path::new("built-in world"),
+            [spec.image_size; 2],
+            a.unet_batch.unwrap_or(0),
+            Precision::F32,
+        ),
+    );
     let (vae_run, clip_run, unet_run) = (a.out.join("vae"), a.out.join("clip"), a.out.join("unet"));
     let mut vae = VaeTrainConfig::new(spec.clone(), a.vae_steps);
     vae.seed = a.seed;
@@ -288,26 +308,28 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     vae.lr_schedule = LrSchedule::Cosine;
     vae.warmup_steps = (vae.steps / 20).min(200);
     stage("vae", WorldStage::Vae(vae), &vae_run, &a, &cancel)?;
-    let mut clip = ClipTrainConfig::new(spec.clone(), a.clip_steps);
-    clip.seed = a.seed;
-    clip.batch = a.clip_batch.unwrap_or(clip.batch);
-    clip.lr *= a.lr_scale;
-    clip.lr_schedule = LrSchedule::Cosine;
-    clip.warmup_steps = (clip.steps / 20).min(200);
-    stage("clip", WorldStage::Clip(clip), &clip_run, &a, &cancel)?;
-    let mut unet = UNetTrainConfig::new(
-        spec,
-        vae_run.join("vae"),
-        clip_run.join("clip"),
-        a.unet_steps,
-    );
+    let clip_dir = match &a.clip {
+        Some(dir) => dir.clone(),
+        None => {
+            let mut clip = ClipTrainConfig::new(spec.clone(), a.clip_steps);
+            clip.seed = a.seed;
+            clip.batch = a.clip_batch.unwrap_or(clip.batch);
+            clip.lr *= a.lr_scale;
+            clip.lr_schedule = LrSchedule::Cosine;
+            clip.warmup_steps = (clip.steps / 20).min(200);
+            stage("clip", WorldStage::Clip(clip), &clip_run, &a, &cancel)?;
+            clip_run.join("clip")
+        }
+    };
+    let mut unet = UNetTrainConfig::new(spec, vae_run.join("vae"), clip_dir.clone(), a.unet_steps);
     unet.seed = a.seed;
     unet.batch = a.unet_batch.unwrap_or(unet.batch);
     unet.lr *= a.lr_scale;
     unet.lr_schedule = LrSchedule::Cosine;
     unet.warmup_steps = (unet.steps / 20).min(200);
     stage("unet", WorldStage::UNet(unet), &unet_run, &a, &cancel)?;
+    crate::first_run::record(first_run);
     println!("{}", unet_run.join("pipeline").display());
-    println!("{}", clip_run.join("clip").display());
+    println!("{}", clip_dir.display());
     Ok(())
 }

@@ -132,3 +132,56 @@ fn concepts_and_a_short_training_chain() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown concept"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--clip`: the UNet is conditioned on an already trained CLIP (the committed one) and no CLIP
+/// run is made; a folder that is not a CLIP is refused in one line.
+#[test]
+fn training_on_a_given_clip() {
+    let dir = std::env::temp_dir().join(format!("likeness-cli-world-clip-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let clip =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/world-clip");
+    let o = likeness()
+        .args([
+            "world",
+            "train",
+            "--vae-steps",
+            "2",
+            "--unet-steps",
+            "2",
+            "--clip",
+        ])
+        .arg(&clip)
+        .args(["--device", "cpu", "--quiet", "--out"])
+        .arg(dir.join("models"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.join("models/unet/pipeline/model_index.json").is_file());
+    assert!(!dir.join("models/clip").exists());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("world-clip"), "{stdout}");
+
+    let o = likeness()
+        .args([
+            "world",
+            "train",
+            "--vae-steps",
+            "2",
+            "--unet-steps",
+            "2",
+            "--clip",
+        ])
+        .arg(dir.join("nowhere"))
+        .args(["--device", "cpu", "--quiet", "--out"])
+        .arg(dir.join("models2"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not a CLIP folder") && err.lines().count() == 1,
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

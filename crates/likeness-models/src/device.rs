@@ -332,12 +332,133 @@ pub fn kernel_cache_dir() -> PathBuf {
 pub mod tuning {
     use std::collections::BTreeSet;
     use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::Context;
+    use tracing_subscriber::registry::LookupSpan;
 
     use super::{DeviceChoice, Precision};
 
     /// What the app and the CLI say while a first run tunes.
     pub const NOTICE: &str =
         "first run of this work on this GPU: tuning kernels (a few minutes, once)";
+
+    /// How many kernel tunings have started in this process. CubeCL logs `Tuning <key>` (through
+    /// the `log` facade) before it benchmarks the candidate kernels of an op shape it has not
+    /// tuned yet; [`counter_layer`] counts those lines, so a first run can show that it moves.
+    pub fn kernels_tuned() -> usize {
+        TUNED.load(Ordering::Relaxed)
+    }
+
+    static TUNED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts one kernel tuning (what [`counter_layer`] does for each of CubeCL's lines).
+    pub fn count_tuning() {
+        TUNED.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`NOTICE`], with the number of kernels tuned since `since` (a [`kernels_tuned`] reading
+    /// taken when the work started) once there are any.
+    pub fn notice_since(since: usize) -> String {
+        match kernels_tuned().saturating_sub(since) {
+            0 => NOTICE.to_string(),
+            n => format!("{NOTICE}; {n} tuned so far"),
+        }
+    }
+
+    /// While a first run tunes, the work sits inside one long call that sends no progress:
+    /// a ticker wakes every `every` and hands `on_change` the number of kernels tuned since it
+    /// started, when that number has changed. Dropping it stops the thread (at once).
+    pub struct Ticker {
+        stop: Arc<(Mutex<bool>, Condvar)>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Ticker {
+        pub fn start(every: Duration, mut on_change: impl FnMut(usize) + Send + 'static) -> Self {
+            let since = kernels_tuned();
+            let stop = Arc::new((Mutex::new(false), Condvar::new()));
+            let flag = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name("tuning-ticker".into())
+                .spawn(move || {
+                    let (lock, wake) = &*flag;
+                    let mut shown = 0;
+                    let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        stopped = wake
+                            .wait_timeout(stopped, every)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        if *stopped {
+                            return;
+                        }
+                        let n = kernels_tuned().saturating_sub(since);
+                        if n != shown {
+                            shown = n;
+                            on_change(n);
+                        }
+                    }
+                })
+                .ok();
+            Self { stop, thread }
+        }
+    }
+
+    impl Drop for Ticker {
+        fn drop(&mut self) {
+            let (lock, wake) = &*self.stop;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            wake.notify_all();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Where CubeCL's autotune logs from.
+    const TUNER_TARGET: &str = "cubecl_runtime::tune";
+
+    /// A `tracing` layer that counts CubeCL's tuning lines ([`kernels_tuned`]). The app and the
+    /// CLI add it to the subscriber they install; `log` records reach it through
+    /// `tracing-subscriber`'s `log` bridge, which the subscriber's `init` sets up.
+    pub fn counter_layer<S>() -> impl Layer<S> + Send + Sync + 'static
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        TuningCounter.with_filter(Targets::new().with_target(TUNER_TARGET, Level::INFO))
+    }
+
+    struct TuningCounter;
+
+    impl<S: Subscriber> Layer<S> for TuningCounter {
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            struct Tuning(bool);
+            impl Visit for Tuning {
+                fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}").starts_with("Tuning ");
+                    }
+                }
+                fn record_str(&mut self, field: &Field, value: &str) {
+                    if field.name() == "message" {
+                        self.0 = value.starts_with("Tuning ");
+                    }
+                }
+            }
+            let mut tuning = Tuning(false);
+            event.record(&mut tuning);
+            if tuning.0 {
+                count_tuning();
+            }
+        }
+    }
 
     /// `tuned.txt` in the kernel cache: one line per device and kind of work.
     pub fn marks_file() -> PathBuf {

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use likeness_models::device::{
@@ -177,7 +177,7 @@ impl Worker {
         Progress {
             tuning: work
                 .filter(|w| tuning::needs_tuning(device, w))
-                .map(|w| (device, w)),
+                .map(|w| TuningNotice::start(&self.shared, job.id, device, w)),
             label: String::new(),
             shared: &self.shared,
             ws: &self.ws,
@@ -341,21 +341,20 @@ impl Worker {
             1,
             self.shared.precision,
         );
-        let mut first_run = tuning::needs_tuning(device, &work);
+        let mut first_run = tuning::needs_tuning(device, &work)
+            .then(|| TuningNotice::start(&self.shared, job.id, device, work));
         let (shared, ws, id, total) = (&self.shared, &self.ws, job.id, job.total);
         let mut last_write: Option<Instant> = None;
         let mut on_progress = |phase: &str, done: usize| {
             let done = done.min(total);
-            if first_run && done > 0 {
-                first_run = false;
-                if let Err(e) = tuning::mark_tuned(device, &work) {
-                    tracing::warn!("recording kernel tuning: {e}");
-                }
+            if done > 0
+                && let Some(notice) = first_run.take()
+            {
+                notice.finish();
             }
-            let phase = if first_run {
-                format!("{phase} — {}", tuning::NOTICE)
-            } else {
-                phase.to_string()
+            let phase = match &first_run {
+                Some(notice) => notice.label(phase, done, total),
+                None => phase.to_string(),
             };
             shared.emit(&JobEvent::Phase {
                 job_id: id,
@@ -531,11 +530,64 @@ pub(crate) fn copy_photos(ws: &Workspace, project: ProjectId, dir: &Path) -> Res
     Ok(())
 }
 
+/// The notice of a first run on this GPU ([`tuning`]): the job's phase label gains it until
+/// the first step, and while the kernels tune (inside one long call, with no trainer event) a
+/// ticker re-sends the last phase with the number of kernels tuned so far.
+struct TuningNotice {
+    device: DeviceChoice,
+    work: String,
+    since: usize,
+    /// The phase last shown, without the notice, with its counts.
+    shown: Arc<Mutex<(String, usize, usize)>>,
+    _ticker: tuning::Ticker,
+}
+
+/// How often a tuning job's label is refreshed (when the count has changed).
+const TUNING_TICK: Duration = Duration::from_secs(2);
+
+impl TuningNotice {
+    fn start(shared: &Arc<Shared>, job_id: JobId, device: DeviceChoice, work: String) -> Self {
+        let since = tuning::kernels_tuned();
+        let shown = Arc::new(Mutex::new((String::new(), 0, 0)));
+        let (last, shared) = (shown.clone(), shared.clone());
+        let ticker = tuning::Ticker::start(TUNING_TICK, move |_| {
+            let (phase, done, total) = lock(&last).clone();
+            if !phase.is_empty() {
+                shared.emit(&JobEvent::Phase {
+                    job_id,
+                    phase: format!("{phase} — {}", tuning::notice_since(since)),
+                    done,
+                    total,
+                });
+            }
+        });
+        Self {
+            device,
+            work,
+            since,
+            shown,
+            _ticker: ticker,
+        }
+    }
+
+    /// `phase` with the notice; remembered for the ticker.
+    fn label(&self, phase: &str, done: usize, total: usize) -> String {
+        *lock(&self.shown) = (phase.to_string(), done, total);
+        format!("{phase} — {}", tuning::notice_since(self.since))
+    }
+
+    /// The first step ran: the work is marked tuned and the ticker stops.
+    fn finish(self) {
+        if let Err(e) = tuning::mark_tuned(self.device, &self.work) {
+            tracing::warn!("recording kernel tuning: {e}");
+        }
+    }
+}
+
 /// Turns a trainer's events into job events and database progress.
 struct Progress<'a> {
-    /// Set until the first training step of work that has not run on this GPU before: the
-    /// device and the work's description (see [`tuning`]).
-    tuning: Option<(DeviceChoice, String)>,
+    /// Set until the first training step of work that has not run on this GPU before.
+    tuning: Option<TuningNotice>,
     /// The phase shown, without the tuning notice.
     label: String,
     shared: &'a Shared,
@@ -585,7 +637,7 @@ impl Progress<'_> {
                 self.run_step = start_step;
                 self.step = self.offset() + start_step;
                 self.recent.clear();
-                let phase = self.with_notice(phase);
+                let phase = self.with_notice(phase, 0, 0);
                 self.emit(JobEvent::Started {
                     job_id: self.job,
                     total: self.total,
@@ -599,11 +651,9 @@ impl Progress<'_> {
                 lr,
                 secs,
             } => {
-                if let Some((device, work)) = self.tuning.take() {
+                if let Some(notice) = self.tuning.take() {
                     // The first step ran: its shapes are tuned; the label loses the notice.
-                    if let Err(e) = tuning::mark_tuned(device, &work) {
-                        tracing::warn!("recording kernel tuning: {e}");
-                    }
+                    notice.finish();
                     self.emit(JobEvent::Phase {
                         job_id: self.job,
                         phase: self.label.clone(),
@@ -680,7 +730,7 @@ impl Progress<'_> {
         } else {
             (message.to_string(), 0, 0)
         };
-        let phase = self.with_notice(phase);
+        let phase = self.with_notice(phase, done, total);
         self.emit(JobEvent::Phase {
             job_id: self.job,
             phase,
@@ -691,12 +741,13 @@ impl Progress<'_> {
 
     /// Remembers `phase` as the label and adds the tuning notice while the first step has not
     /// run.
-    fn with_notice(&mut self, phase: String) -> String {
-        self.label = phase.clone();
-        match self.tuning {
-            Some(_) => format!("{phase} — {}", tuning::NOTICE),
-            None => phase,
-        }
+    fn with_notice(&mut self, phase: String, done: usize, total: usize) -> String {
+        let shown = match &self.tuning {
+            Some(notice) => notice.label(&phase, done, total),
+            None => phase.clone(),
+        };
+        self.label = phase;
+        shown
     }
 
     /// DPO stage `stage` is being worked on: the stages with a LoRA file are done, this one
