@@ -555,7 +555,7 @@ impl TuningNotice {
             if !phase.is_empty() {
                 shared.emit(&JobEvent::Phase {
                     job_id,
-                    phase: format!("{phase} — {}", tuning::notice_since(since)),
+                    phase: Self::noticed(&phase, since),
                     done,
                     total,
                 });
@@ -573,7 +573,11 @@ impl TuningNotice {
     /// `phase` with the notice; remembered for the ticker.
     fn label(&self, phase: &str, done: usize, total: usize) -> String {
         *lock(&self.shown) = (phase.to_string(), done, total);
-        format!("{phase} — {}", tuning::notice_since(self.since))
+        Self::noticed(phase, self.since)
+    }
+
+    fn noticed(phase: &str, since: usize) -> String {
+        format!("{phase} — {}", tuning::notice_since(since))
     }
 
     /// The first step ran: the work is marked tuned and the ticker stops.
