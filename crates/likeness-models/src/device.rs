@@ -496,8 +496,10 @@ pub mod tuning {
         tunes(device) && !marks().contains(&line(device, work))
     }
 
+    /// GPU builds without Burn's autotune (feature `autotune`) compile on first use but tune
+    /// nothing: no notice for them.
     fn tunes(device: DeviceChoice) -> bool {
-        !matches!(device, DeviceChoice::Cpu | DeviceChoice::Auto)
+        cfg!(feature = "autotune") && !matches!(device, DeviceChoice::Cpu | DeviceChoice::Auto)
     }
 
     /// Records that `work` has run on `device` (written atomically).

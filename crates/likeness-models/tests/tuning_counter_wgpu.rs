@@ -6,7 +6,7 @@ use tracing_subscriber::prelude::*;
 
 /// The real thing: a matmul of a shape not tuned before makes CubeCL tune on wgpu (in CI,
 /// Mesa's lavapipe), and the count moves.
-#[cfg(feature = "wgpu")]
+#[cfg(all(feature = "wgpu", feature = "autotune"))]
 #[test]
 fn a_real_tuning_on_wgpu_is_counted() {
     use burn::tensor::{Tensor, TensorData};

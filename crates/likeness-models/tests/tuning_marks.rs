@@ -1,10 +1,12 @@
 //! The first-run tuning marks: per device and kind of work, kept in the kernel cache folder.
 
 use likeness_models::device::DeviceChoice;
-use likeness_models::device::tuning::{mark_tuned, marks_file, needs_tuning};
+use likeness_models::device::tuning::needs_tuning;
 
+#[cfg(feature = "autotune")]
 #[test]
 fn marks_are_per_device_and_work_and_survive_a_restart() {
+    use likeness_models::device::tuning::{mark_tuned, marks_file};
     let dir = std::env::temp_dir().join(format!("likeness-tuning-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // This test binary's only test: the variable is read by every call below.
@@ -44,4 +46,13 @@ fn marks_are_per_device_and_work_and_survive_a_restart() {
         .collect();
     assert_eq!(names, ["tuned.txt"]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A build without Burn's autotune tunes nothing, so it never shows the notice.
+#[cfg(not(feature = "autotune"))]
+#[test]
+fn without_autotune_nothing_needs_tuning() {
+    let work = "dreambooth /models/sd15 512px batch 1 Bf16";
+    assert!(!needs_tuning(DeviceChoice::Cuda, work));
+    assert!(!needs_tuning(DeviceChoice::Wgpu, work));
 }
