@@ -108,19 +108,10 @@ pub fn run() -> anyhow::Result<()> {
         // SAFETY: single-threaded here (before Tauri, tracing or the job runner start threads).
         unsafe { std::env::set_var("WEBKIT_DISABLE_DMABUF_RENDERER", "1") };
     }
-    {
-        use tracing_subscriber::prelude::*;
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=warn".into());
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .with(likeness_models::device::tuning::counter_layer())
-            .init();
-    }
+    likeness_models::device::tuning::init_logging(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=warn".into()),
+    );
     let dir = workspace_dir()?;
     let device = match std::env::var("LIKENESS_DEVICE") {
         Ok(d) => d.parse().map_err(anyhow::Error::msg)?,

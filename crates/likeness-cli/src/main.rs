@@ -51,17 +51,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIKENESS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
-        .with(likeness_models::device::tuning::counter_layer())
-        .init();
+    likeness_models::device::tuning::init_logging(
+        tracing_subscriber::EnvFilter::try_from_env("LIKENESS_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+    );
     // A panic's message and place go to the log (`LIKENESS_LOG=debug`); the terminal gets one
     // line: from `dispatch` for work on a backend, from the catch below for anything else.
     std::panic::set_hook(Box::new(|info| tracing::debug!("panic: {info}")));

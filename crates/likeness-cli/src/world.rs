@@ -251,6 +251,7 @@ fn stage(
     stage: WorldStage,
     run_dir: &Path,
     a: &TrainArgs,
+    device: DeviceChoice,
     cancel: &Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let quiet = a.quiet;
@@ -268,7 +269,7 @@ fn stage(
         }
     };
     let outcome = dispatch(
-        a.device,
+        device,
         Precision::F32,
         WorldTrainTask {
             stage,
@@ -290,8 +291,9 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let spec = WorldModelSpec::default();
+    let device = likeness_models::device::resolve(a.device)?;
     let first_run = crate::first_run::announce(
-        likeness_models::device::resolve(a.device)?,
+        device,
         tuning::work(
             "world train",
             Path::new("built-in world"),
@@ -301,33 +303,46 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         ),
     );
     let (vae_run, clip_run, unet_run) = (a.out.join("vae"), a.out.join("clip"), a.out.join("unet"));
+    // What every stage shares: the seed, the batch asked for, the scaled rate, and a warm-up
+    // over 5 % of the steps (at most 200) before half a cosine.
+    macro_rules! shared_settings {
+        ($config:ident, $batch:expr) => {
+            $config.seed = a.seed;
+            $config.batch = $batch.unwrap_or($config.batch);
+            $config.lr *= a.lr_scale;
+            $config.lr_schedule = LrSchedule::Cosine;
+            $config.warmup_steps = ($config.steps / 20).min(200);
+        };
+    }
     let mut vae = VaeTrainConfig::new(spec.clone(), a.vae_steps);
-    vae.seed = a.seed;
-    vae.batch = a.vae_batch.unwrap_or(vae.batch);
-    vae.lr *= a.lr_scale;
-    vae.lr_schedule = LrSchedule::Cosine;
-    vae.warmup_steps = (vae.steps / 20).min(200);
-    stage("vae", WorldStage::Vae(vae), &vae_run, &a, &cancel)?;
+    shared_settings!(vae, a.vae_batch);
+    stage("vae", WorldStage::Vae(vae), &vae_run, &a, device, &cancel)?;
     let clip_dir = match &a.clip {
         Some(dir) => dir.clone(),
         None => {
             let mut clip = ClipTrainConfig::new(spec.clone(), a.clip_steps);
-            clip.seed = a.seed;
-            clip.batch = a.clip_batch.unwrap_or(clip.batch);
-            clip.lr *= a.lr_scale;
-            clip.lr_schedule = LrSchedule::Cosine;
-            clip.warmup_steps = (clip.steps / 20).min(200);
-            stage("clip", WorldStage::Clip(clip), &clip_run, &a, &cancel)?;
+            shared_settings!(clip, a.clip_batch);
+            stage(
+                "clip",
+                WorldStage::Clip(clip),
+                &clip_run,
+                &a,
+                device,
+                &cancel,
+            )?;
             clip_run.join("clip")
         }
     };
     let mut unet = UNetTrainConfig::new(spec, vae_run.join("vae"), clip_dir.clone(), a.unet_steps);
-    unet.seed = a.seed;
-    unet.batch = a.unet_batch.unwrap_or(unet.batch);
-    unet.lr *= a.lr_scale;
-    unet.lr_schedule = LrSchedule::Cosine;
-    unet.warmup_steps = (unet.steps / 20).min(200);
-    stage("unet", WorldStage::UNet(unet), &unet_run, &a, &cancel)?;
+    shared_settings!(unet, a.unet_batch);
+    stage(
+        "unet",
+        WorldStage::UNet(unet),
+        &unet_run,
+        &a,
+        device,
+        &cancel,
+    )?;
     crate::first_run::record(first_run);
     println!("{}", unet_run.join("pipeline").display());
     println!("{}", clip_dir.display());

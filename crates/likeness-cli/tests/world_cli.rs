@@ -141,42 +141,31 @@ fn training_on_a_given_clip() {
     let _ = std::fs::remove_dir_all(&dir);
     let clip =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/world-clip");
-    let o = likeness()
-        .args([
-            "world",
-            "train",
-            "--vae-steps",
-            "2",
-            "--unet-steps",
-            "2",
-            "--clip",
-        ])
-        .arg(&clip)
-        .args(["--device", "cpu", "--quiet", "--out"])
-        .arg(dir.join("models"))
-        .output()
-        .unwrap();
+    let train = |clip: &std::path::Path, out: &str| {
+        likeness()
+            .args([
+                "world",
+                "train",
+                "--vae-steps",
+                "2",
+                "--unet-steps",
+                "2",
+                "--clip",
+            ])
+            .arg(clip)
+            .args(["--device", "cpu", "--quiet", "--out"])
+            .arg(dir.join(out))
+            .output()
+            .unwrap()
+    };
+    let o = train(&clip, "models");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.join("models/unet/pipeline/model_index.json").is_file());
     assert!(!dir.join("models/clip").exists());
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("world-clip"), "{stdout}");
 
-    let o = likeness()
-        .args([
-            "world",
-            "train",
-            "--vae-steps",
-            "2",
-            "--unet-steps",
-            "2",
-            "--clip",
-        ])
-        .arg(dir.join("nowhere"))
-        .args(["--device", "cpu", "--quiet", "--out"])
-        .arg(dir.join("models2"))
-        .output()
-        .unwrap();
+    let o = train(&dir.join("nowhere"), "models2");
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -366,10 +366,29 @@ pub mod tuning {
     /// [`NOTICE`], with the number of kernels tuned since `since` (a [`kernels_tuned`] reading
     /// taken when the work started) once there are any.
     pub fn notice_since(since: usize) -> String {
-        match kernels_tuned().saturating_sub(since) {
+        notice(kernels_tuned().saturating_sub(since))
+    }
+
+    /// [`NOTICE`] once `tuned` kernels of this work are tuned.
+    pub fn notice(tuned: usize) -> String {
+        match tuned {
             0 => NOTICE.to_string(),
             n => format!("{NOTICE}; {n} tuned so far"),
         }
+    }
+
+    /// Installs the process's log: `filter`ed lines on stderr, and [`counter_layer`] (with the
+    /// `log` bridge, so CubeCL's lines reach it). The app and the CLI call it once, first.
+    pub fn init_logging(filter: tracing_subscriber::EnvFilter) {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .with(counter_layer())
+            .init();
     }
 
     /// While a first run tunes, the work sits inside one long call that sends no progress:

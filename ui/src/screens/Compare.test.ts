@@ -283,13 +283,14 @@ describe('Compare screen without seed-matched pictures', () => {
     expect(callsOf(calls, 'start_gallery')).toHaveLength(0);
   });
 
-  it('reports other compare failures in the error bar, and takes them away once a table loads', async () => {
+  /** A backend whose compare fails with `message` until `heal()`. */
+  function failingCompare(message: string) {
     let broken = true;
     const calls = mockBackend({
       list_projects: () => [project()],
       list_runs: () => runs,
       compare: (a) => {
-        if (broken) throw 'likeness.db: database error: a gallery\'s settings are unreadable: EOF';
+        if (broken) throw message;
         return table(
           prompts,
           runs.filter((r) => a.runIds.includes(r.id)),
@@ -297,12 +298,17 @@ describe('Compare screen without seed-matched pictures', () => {
       },
       scatter: () => [],
     });
+    return { calls, heal: () => (broken = false) };
+  }
+
+  it('reports other compare failures in the error bar, and takes them away once a table loads', async () => {
+    const { calls, heal } = failingCompare("likeness.db: database error: a gallery's settings are unreadable: EOF");
     await open();
     await waitFor(() => expect(app.error).toBe("likeness.db: database error: a gallery's settings are unreadable: EOF"));
     expect(screen.queryByTestId('compare-missing')).toBeNull();
     expect(screen.queryByTestId('make-gallery')).toBeNull();
 
-    broken = false;
+    heal();
     await fireEvent.click(screen.getByTestId('compare-load'));
     await screen.findByTestId('compare-table');
     expect(callsOf(calls, 'compare')).toHaveLength(2);
@@ -310,23 +316,11 @@ describe('Compare screen without seed-matched pictures', () => {
   });
 
   it('leaves an error of another call in the error bar when a table loads', async () => {
-    let broken = true;
-    mockBackend({
-      list_projects: () => [project()],
-      list_runs: () => runs,
-      compare: (a) => {
-        if (broken) throw 'project 1: database is locked';
-        return table(
-          prompts,
-          runs.filter((r) => a.runIds.includes(r.id)),
-        );
-      },
-      scatter: () => [],
-    });
+    const { heal } = failingCompare('project 1: database is locked');
     await open();
     await waitFor(() => expect(app.error).toBe('project 1: database is locked'));
     app.setError('cannot read photo.jpg: denied');
-    broken = false;
+    heal();
     await fireEvent.click(screen.getByTestId('compare-load'));
     await screen.findByTestId('compare-table');
     expect(app.error).toBe('cannot read photo.jpg: denied');

@@ -550,12 +550,12 @@ impl TuningNotice {
         let since = tuning::kernels_tuned();
         let shown = Arc::new(Mutex::new((String::new(), 0, 0)));
         let (last, shared) = (shown.clone(), shared.clone());
-        let ticker = tuning::Ticker::start(TUNING_TICK, move |_| {
+        let ticker = tuning::Ticker::start(TUNING_TICK, move |tuned| {
             let (phase, done, total) = lock(&last).clone();
             if !phase.is_empty() {
                 shared.emit(&JobEvent::Phase {
                     job_id,
-                    phase: Self::noticed(&phase, since),
+                    phase: format!("{phase} — {}", tuning::notice(tuned)),
                     done,
                     total,
                 });
@@ -573,11 +573,7 @@ impl TuningNotice {
     /// `phase` with the notice; remembered for the ticker.
     fn label(&self, phase: &str, done: usize, total: usize) -> String {
         *lock(&self.shown) = (phase.to_string(), done, total);
-        Self::noticed(phase, self.since)
-    }
-
-    fn noticed(phase: &str, since: usize) -> String {
-        format!("{phase} — {}", tuning::notice_since(since))
+        format!("{phase} — {}", tuning::notice_since(self.since))
     }
 
     /// The first step ran: the work is marked tuned and the ticker stops.
