@@ -46,7 +46,16 @@ pub fn group_norm<B: Backend, const D: usize>(
     let dims = x.dims();
     let flat: Tensor<B, 3> = x.reshape([dims[0] as i64, dims[1] as i64, -1]);
     let out = if super::enabled() {
-        dispatch(&flat, &weight, &bias, options)
+        dispatch(&flat, &weight, &bias, options).or_else(|| {
+            // Not an autodiff backend of ours: on a plain CubeCL backend (inference on the GPU)
+            // the forward kernel still runs.
+            #[cfg(any(feature = "cuda", feature = "wgpu"))]
+            {
+                super::cube::forward(&flat, &weight, &bias, options).map(|(y, _, _)| y)
+            }
+            #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+            None
+        })
     } else {
         None
     };
@@ -62,7 +71,7 @@ pub fn reference<B: Backend>(
     bias: Tensor<B, 1>,
     options: GroupNormOptions,
 ) -> Tensor<B, 3> {
-    forward(x, weight, bias, options).0
+    forward_burn(x, weight, bias, options).0
 }
 
 fn dispatch<B: Backend>(
@@ -96,8 +105,23 @@ fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
     downcast(&out)
 }
 
-/// Forward on the inner backend: the output in `x`'s dtype, the group means and 1/σ `[n, g, 1]`.
-fn forward<B: Backend>(
+/// Forward on the inner backend: the output in `x`'s dtype, the group means and 1/σ `[n, g, 1]`
+/// — by the CubeCL kernels where they apply ([`super::cube`]), else by [`forward_burn`].
+pub fn forward<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    options: GroupNormOptions,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let Some(out) = super::cube::forward(&x, &weight, &bias, options) {
+        return out;
+    }
+    forward_burn(x, weight, bias, options)
+}
+
+/// [`forward`] with Burn's tensor ops.
+pub fn forward_burn<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 1>,
     bias: Tensor<B, 1>,
@@ -130,8 +154,26 @@ fn affine<B: Backend>(
         + bias.to_dtype(DType::F32).reshape([1, c, 1])
 }
 
-/// Gradients of the forward with respect to x, weight and bias, each in its input's dtype.
+/// Gradients of the forward with respect to x, weight and bias, each in its input's dtype — by
+/// the CubeCL kernels where they apply ([`super::cube`]), else by [`backward_burn`].
 pub fn backward<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    mean: Tensor<B, 3>,
+    rstd: Tensor<B, 3>,
+    grad: Tensor<B, 3>,
+    options: GroupNormOptions,
+) -> (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>) {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    if let Some(out) = super::cube::backward(&x, &weight, &bias, &mean, &rstd, &grad, options) {
+        return out;
+    }
+    backward_burn(x, weight, bias, mean, rstd, grad, options)
+}
+
+/// [`backward`] with Burn's tensor ops.
+pub fn backward_burn<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 1>,
     bias: Tensor<B, 1>,

@@ -15,6 +15,8 @@ use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
 
 pub mod attention;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
 pub mod group_norm;
 
 /// Whether these ops are on: yes unless `LIKENESS_KERNELS` is `0`, `off` or `false` (for

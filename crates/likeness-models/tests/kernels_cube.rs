@@ -1,0 +1,233 @@
+//! Likeness' CubeCL GroupNorm kernels (`kernels::cube`) against Burn's tensor ops: on the same
+//! wgpu device (in CI Mesa's CPU Vulkan driver, lavapipe) op for op, and through autodiff against
+//! Burn's own differentiation on the CPU backend.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use common::assert_close;
+use likeness_models::kernels::cube;
+use likeness_models::kernels::group_norm::{self, GroupNormOptions};
+
+type W = burn::backend::Wgpu<f32>;
+type F = burn::backend::Flex;
+
+fn skip() -> bool {
+    let skip = std::env::var_os("LIKENESS_SKIP_WGPU").is_some();
+    if skip {
+        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
+    }
+    skip
+}
+
+/// Reproducible values (`offset + scale·N(0, 1)`) as plain numbers, so that both backends get
+/// the very same inputs.
+fn numbers(len: usize, seed: u64, offset: f32, scale: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| {
+            // Box–Muller from two uniforms.
+            let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+            offset + scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        })
+        .collect()
+}
+
+fn tensor<A: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<A, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+}
+
+fn values<A: Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+/// Shapes `[n, c, l]`, groups, SiLU, and the inputs' mean: one row longer than a cube's 256
+/// units, channels of one and of many positions, one group per channel, a large common offset
+/// (the two-pass variance), and a single group.
+const CASES: [([usize; 3], usize, bool, f32); 6] = [
+    ([2, 8, 15], 4, true, 0.5),
+    ([2, 32, 300], 8, true, 0.0),
+    ([3, 12, 5], 12, false, 0.0),
+    ([1, 6, 1], 2, true, 0.0),
+    ([2, 16, 64], 4, false, 40.0),
+    ([1, 6, 700], 1, true, -1.0),
+];
+
+fn options(groups: usize, silu: bool) -> GroupNormOptions {
+    GroupNormOptions {
+        groups,
+        eps: 1e-5,
+        silu,
+    }
+}
+
+#[test]
+fn the_kernels_take_the_plain_wgpu_backend_only() {
+    if skip() {
+        return;
+    }
+    assert!(cube::applies::<W>());
+    assert!(!cube::applies::<F>());
+    assert!(!cube::applies::<Autodiff<W>>());
+}
+
+#[test]
+fn forward_and_backward_match_burns_ops_on_the_same_device() {
+    if skip() {
+        return;
+    }
+    for (i, (shape, groups, silu, offset)) in CASES.into_iter().enumerate() {
+        let [n, c, l] = shape;
+        let seed = 100 * i as u64;
+        let x = numbers(n * c * l, seed, offset, 2.0);
+        let w = numbers(c, seed + 1, 1.0, 0.5);
+        let b = numbers(c, seed + 2, 0.0, 0.5);
+        let dy = numbers(n * c * l, seed + 3, 0.0, 1.0);
+        let opts = options(groups, silu);
+        let (x, w, b, dy) = (
+            tensor::<W, 3>(&x, shape),
+            tensor::<W, 1>(&w, [c]),
+            tensor::<W, 1>(&b, [c]),
+            tensor::<W, 3>(&dy, shape),
+        );
+        let what = format!("{shape:?} groups={groups} silu={silu} offset={offset}");
+
+        let (y, mean, rstd) = group_norm::forward(x.clone(), w.clone(), b.clone(), opts);
+        let (y_ref, mean_ref, rstd_ref) =
+            group_norm::forward_burn(x.clone(), w.clone(), b.clone(), opts);
+        assert_eq!(mean.dims(), [n, groups, 1]);
+        assert_close(&format!("y {what}"), &values(y), &values(y_ref));
+        assert_close(
+            &format!("mean {what}"),
+            &values(mean.clone()),
+            &values(mean_ref),
+        );
+        assert_close(
+            &format!("rstd {what}"),
+            &values(rstd.clone()),
+            &values(rstd_ref),
+        );
+
+        let (dx, dw, db) = group_norm::backward(
+            x.clone(),
+            w.clone(),
+            b.clone(),
+            mean.clone(),
+            rstd.clone(),
+            dy.clone(),
+            opts,
+        );
+        let (dx_ref, dw_ref, db_ref) = group_norm::backward_burn(x, w, b, mean, rstd, dy, opts);
+        assert_close(&format!("dx {what}"), &values(dx), &values(dx_ref));
+        assert_close(&format!("dweight {what}"), &values(dw), &values(dw_ref));
+        assert_close(&format!("dbias {what}"), &values(db), &values(db_ref));
+    }
+}
+
+/// Through the autodiff op on wgpu (the kernels inside) against Burn's op-by-op autodiff of the
+/// same GroupNorm on the CPU backend: output and every gradient.
+#[test]
+fn training_on_wgpu_matches_burns_autodiff_on_the_cpu() {
+    if skip() {
+        return;
+    }
+    fn grads<A: burn::tensor::backend::AutodiffBackend>(
+        case: ([usize; 3], usize, bool, f32),
+        seed: u64,
+        reference: bool,
+    ) -> [Vec<f32>; 4] {
+        let (shape, groups, silu, offset) = case;
+        let [n, c, l] = shape;
+        let x = tensor::<A, 3>(&numbers(n * c * l, seed, offset, 2.0), shape).require_grad();
+        let w = tensor::<A, 1>(&numbers(c, seed + 1, 1.0, 0.5), [c]).require_grad();
+        let b = tensor::<A, 1>(&numbers(c, seed + 2, 0.0, 0.5), [c]).require_grad();
+        let up = tensor::<A, 3>(&numbers(n * c * l, seed + 3, 0.0, 1.0), shape);
+        let opts = options(groups, silu);
+        let y = if reference {
+            group_norm::reference(x.clone(), w.clone(), b.clone(), opts)
+        } else {
+            group_norm::group_norm(x.clone(), w.clone(), b.clone(), opts)
+        };
+        let g = (y.clone() * up).sum().backward();
+        [
+            values(y.inner()),
+            values(x.grad(&g).expect("dx")),
+            values(w.grad(&g).expect("dweight")),
+            values(b.grad(&g).expect("dbias")),
+        ]
+    }
+    for (i, case) in CASES.into_iter().enumerate() {
+        let seed = 7 + 10 * i as u64;
+        let want = grads::<Autodiff<F>>(case, seed, true);
+        let got = grads::<Autodiff<W>>(case, seed, false);
+        for (k, name) in ["out", "dx", "dweight", "dbias"].iter().enumerate() {
+            assert_close(&format!("{name} {case:?}"), &got[k], &want[k]);
+        }
+    }
+}
+
+/// Inference on the plain wgpu backend runs the forward kernel: the same numbers as Burn's ops.
+#[test]
+fn inference_on_wgpu_runs_the_forward_kernel() {
+    if skip() {
+        return;
+    }
+    let device = Default::default();
+    let x = Tensor::<W, 4>::random([2, 8, 6, 5], Distribution::Normal(0.3, 1.2), &device);
+    let w = Tensor::<W, 1>::random([8], Distribution::Normal(1.0, 0.2), &device);
+    let b = Tensor::<W, 1>::random([8], Distribution::Normal(0.0, 0.2), &device);
+    let opts = options(4, true);
+    let got = group_norm::group_norm(x.clone(), w.clone(), b.clone(), opts);
+    let want = group_norm::reference(x.reshape([2, 8, 30]), w, b, opts).reshape([2, 8, 6, 5]);
+    assert_close("inference", &values(got), &values(want));
+}
+
+/// The kernels in half precision (where the adapter has it) follow the f32 kernels: statistics
+/// in f32 inside, the output and `dx` in f16.
+#[test]
+fn half_precision_follows_f32() {
+    use burn::tensor::DType;
+    if skip() {
+        return;
+    }
+    let device = Default::default();
+    if !W::supports_dtype(&device, DType::F16) {
+        eprintln!("this adapter has no f16: skipping");
+        return;
+    }
+    let shape = [2, 32, 300];
+    let [n, c, l] = shape;
+    let x = tensor::<W, 3>(&numbers(n * c * l, 5, 0.5, 2.0), shape);
+    let w = tensor::<W, 1>(&numbers(c, 6, 1.0, 0.5), [c]);
+    let b = tensor::<W, 1>(&numbers(c, 7, 0.0, 0.5), [c]);
+    let dy = tensor::<W, 3>(&numbers(n * c * l, 8, 0.0, 1.0), shape);
+    let opts = options(8, true);
+    let run = |dtype: DType| {
+        let (x, w, b, dy) = (
+            x.clone().cast(dtype),
+            w.clone().cast(dtype),
+            b.clone().cast(dtype),
+            dy.clone().cast(dtype),
+        );
+        let (y, mean, rstd) = group_norm::forward(x.clone(), w.clone(), b.clone(), opts);
+        assert_eq!(y.dtype(), dtype);
+        let (dx, dw, db) = group_norm::backward(x, w, b, mean, rstd, dy, opts);
+        assert_eq!(dx.dtype(), dtype);
+        [y, dx]
+            .map(|t| values(t.cast(DType::F32)))
+            .into_iter()
+            .chain([dw, db].map(|t| values(t.cast(DType::F32))))
+            .collect::<Vec<_>>()
+    };
+    let want = run(DType::F32);
+    let got = run(DType::F16);
+    for (k, name) in ["y", "dx", "dweight", "dbias"].iter().enumerate() {
+        let e = common::rel_err(&got[k], &want[k]);
+        println!("{name} f16 vs f32: relative error {e:.3e}");
+        assert!(e > 0.0 && e < 1e-2, "{name}: f16 relative error {e:.3e}");
+    }
+}
