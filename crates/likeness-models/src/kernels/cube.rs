@@ -2,40 +2,44 @@
 //!
 //! Burn's tensor ops run a GroupNorm as a chain of reductions and element-wise passes, each
 //! reading and writing an activation-sized tensor (and, before the op's own backward, each kept
-//! for autodiff). These kernels do it in three launches at most:
+//! for autodiff). These kernels do it in three launches each way:
 //!
-//! - forward: one cube per (sample, group) row, two passes over the row for the mean and the
-//!   variance (as PyTorch, not the one-pass Σx² that loses digits when |μ| ≫ σ), a third that
-//!   writes `y = silu?(γ·x̂ + β)`; the mean and 1/σ come out for the backward;
+//! - forward: one cube per (sample, channel) computes the channel's mean and sum of squared
+//!   deviations (two passes, as PyTorch, not the one-pass Σx² that loses digits when |μ| ≫ σ);
+//!   one unit per (sample, group) merges its channels' (Chan et al.'s pairwise formula) into the
+//!   group's mean and 1/σ; one element-wise launch writes `y = silu?(γ·x̂ + β)`;
 //! - backward: one cube per (sample, channel) sums `dz` and `dz·x̂` over positions (`dz` the
 //!   gradient before SiLU, recomputed from `x`), a few small tensor ops turn those sums into `dγ`,
 //!   `dβ` and the two per-group means, and one element-wise launch writes `dx`.
 //!
-//! Every statistic is accumulated in f32 whatever the tensors' dtype. They run on plain
-//! `CubeBackend` tensors (`CubeTensor`); other backends — Flex, and fused (`Fusion<…>`) GPU
-//! backends, whose tensors are not `CubeTensor`s — keep the Burn-op path of
-//! [`super::group_norm`]. Parity with that path: `tests/kernels_cube.rs` (lavapipe through wgpu).
+//! Work is spread over channels rather than groups so that a batch of one at SD's 32 groups
+//! still fills a GPU's multiprocessors. Every statistic is accumulated in f32 whatever the
+//! tensors' dtype. They run on the CubeCL backends' tensors, plain (`CubeTensor`) and, with the
+//! `fusion` feature, fused (`FusionTensor`, as a custom operation in the stream: the fusers stop
+//! at it); Flex keeps the Burn-op path of [`super::group_norm`]. Parity with that path:
+//! `tests/kernels_cube.rs` (lavapipe through wgpu).
 
 use std::any::{Any, TypeId};
 
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorPrimitive};
-use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::server::CubeCountSelection;
 
 use super::ToDtype;
 use super::group_norm::GroupNormOptions;
-use device::{
-    group_norm_backward_input_kernel, group_norm_backward_sums_kernel, group_norm_forward_kernel,
-};
 
 /// Units per cube of the reduction kernels: a power of two (the tree reduction halves it).
 const BLOCK: u32 = 256;
+/// Channels shorter than this are reduced by one unit each rather than by a cube.
+const SERIAL_BELOW: usize = 32;
+/// Units per cube of the element-wise kernels.
+const ELEMENTWISE: u32 = 256;
 
 /// The kernels themselves (CubeCL's prelude names `Tensor` and `Float` too, so they live apart).
 mod device {
@@ -73,71 +77,142 @@ mod device {
         dz
     }
 
+    /// Per (sample, channel): the mean over positions and the sum of squared deviations from it.
     #[cube(launch)]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn group_norm_forward_kernel<F: Float>(
+    pub(super) fn channel_stats_kernel<F: Float>(
         x: &Tensor<F>,
-        weight: &Tensor<f32>,
-        bias: &Tensor<f32>,
-        y: &mut Tensor<F>,
-        mean_out: &mut Tensor<f32>,
-        rstd_out: &mut Tensor<f32>,
+        mean: &mut Tensor<f32>,
+        m2: &mut Tensor<f32>,
         rows: u32,
-        groups: u32,
-        channels_per_group: u32,
         len: u32,
-        eps: f32,
         #[comptime] block: u32,
-        #[comptime] silu: bool,
         #[define(F)] _dtype: StorageType,
     ) {
         let row = CUBE_POS;
         // The same for every unit of a cube, so the barriers inside stay uniform.
         if row < rows as usize {
-            let m = channels_per_group as usize * len as usize;
-            let base = row * m;
-            let first_channel = (row % groups as usize) * channels_per_group as usize;
+            let base = row * len as usize;
             let step = CUBE_DIM as usize;
             let mut shared = SharedMemory::<f32>::new(block as usize);
-
             let mut sum = f32::new(0.0);
             let mut i = UNIT_POS as usize;
-            while i < m {
+            while i < len as usize {
                 sum += f32::cast_from(x[base + i]);
                 i += step;
             }
-            let mean = cube_sum(&mut shared, sum) / f32::cast_from(m);
-
+            let mu = cube_sum(&mut shared, sum) / f32::cast_from(len);
             let mut squares = f32::new(0.0);
             i = UNIT_POS as usize;
-            while i < m {
-                let d = f32::cast_from(x[base + i]) - mean;
+            while i < len as usize {
+                let d = f32::cast_from(x[base + i]) - mu;
                 squares += d * d;
                 i += step;
             }
-            let rstd = (cube_sum(&mut shared, squares) / f32::cast_from(m) + eps).inverse_sqrt();
-
-            i = UNIT_POS as usize;
-            while i < m {
-                let c = first_channel + i / len as usize;
-                let z = (f32::cast_from(x[base + i]) - mean) * rstd * weight[c] + bias[c];
-                let mut out = z;
-                if silu {
-                    out = z / (f32::new(1.0) + (-z).exp());
-                }
-                y[base + i] = F::cast_from(out);
-                i += step;
-            }
+            let total = cube_sum(&mut shared, squares);
             if UNIT_POS == 0 {
-                mean_out[row] = mean;
-                rstd_out[row] = rstd;
+                mean[row] = mu;
+                m2[row] = total;
             }
         }
     }
 
+    /// [`channel_stats_kernel`] with one unit per (sample, channel), for channels of few
+    /// positions (LayerNorm runs as GroupNorm over `[tokens, channels, 1]`).
+    #[cube(launch)]
+    pub(super) fn channel_stats_serial_kernel<F: Float>(
+        x: &Tensor<F>,
+        mean: &mut Tensor<f32>,
+        m2: &mut Tensor<f32>,
+        rows: u32,
+        len: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = ABSOLUTE_POS;
+        if row < rows as usize {
+            let base = row * len as usize;
+            let mut sum = f32::new(0.0);
+            for i in 0..len as usize {
+                sum += f32::cast_from(x[base + i]);
+            }
+            let mu = sum / f32::cast_from(len);
+            let mut squares = f32::new(0.0);
+            for i in 0..len as usize {
+                let d = f32::cast_from(x[base + i]) - mu;
+                squares += d * d;
+            }
+            mean[row] = mu;
+            m2[row] = squares;
+        }
+    }
+
+    /// Per (sample, group): its channels' statistics merged into the group's mean and 1/σ.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn group_norm_backward_sums_kernel<F: Float>(
+    pub(super) fn group_stats_kernel(
+        channel_mean: &Tensor<f32>,
+        channel_m2: &Tensor<f32>,
+        mean: &mut Tensor<f32>,
+        rstd: &mut Tensor<f32>,
+        rows: u32,
+        channels_per_group: u32,
+        len: u32,
+        eps: f32,
+    ) {
+        let row = ABSOLUTE_POS;
+        if row < rows as usize {
+            let first = row * channels_per_group as usize;
+            let mut sum = f32::new(0.0);
+            for k in 0..channels_per_group as usize {
+                sum += channel_mean[first + k];
+            }
+            let mu = sum / f32::cast_from(channels_per_group);
+            // Σ over channels of (M2_c + len·(μ_c − μ)²): the group's sum of squared deviations.
+            let mut m2 = f32::new(0.0);
+            for k in 0..channels_per_group as usize {
+                let d = channel_mean[first + k] - mu;
+                m2 += channel_m2[first + k] + f32::cast_from(len) * d * d;
+            }
+            let count = f32::cast_from(channels_per_group) * f32::cast_from(len);
+            mean[row] = mu;
+            rstd[row] = (m2 / count + eps).inverse_sqrt();
+        }
+    }
+
+    /// `y = silu?(γ·(x − μ)/σ + β)`, element-wise.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn normalize_kernel<F: Float>(
+        x: &Tensor<F>,
+        weight: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        rstd: &Tensor<f32>,
+        y: &mut Tensor<F>,
+        elements: u32,
+        channels: u32,
+        channels_per_group: u32,
+        len: u32,
+        #[comptime] silu: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < elements as usize {
+            let nc = i / len as usize;
+            let c = nc % channels as usize;
+            let row = (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
+            let z = (f32::cast_from(x[i]) - mean[row]) * rstd[row] * weight[c] + bias[c];
+            let mut out = z;
+            if silu {
+                out = z / (f32::new(1.0) + (-z).exp());
+            }
+            y[i] = F::cast_from(out);
+        }
+    }
+
+    /// Per (sample, channel): Σ dz and Σ dz·x̂ over positions.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_sums_kernel<F: Float>(
         x: &Tensor<F>,
         dy: &Tensor<F>,
         weight: &Tensor<f32>,
@@ -157,9 +232,8 @@ mod device {
         let nc = CUBE_POS;
         if nc < rows as usize {
             let c = nc % channels as usize;
-            let n = nc / channels as usize;
-            let groups = (channels / channels_per_group) as usize;
-            let group_row = n * groups + c / channels_per_group as usize;
+            let group_row =
+                (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
             let mu = mean[group_row];
             let r = rstd[group_row];
             let w = weight[c];
@@ -187,9 +261,53 @@ mod device {
         }
     }
 
+    /// [`backward_sums_kernel`] with one unit per (sample, channel), for channels of few
+    /// positions.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn group_norm_backward_input_kernel<F: Float>(
+    pub(super) fn backward_sums_serial_kernel<F: Float>(
+        x: &Tensor<F>,
+        dy: &Tensor<F>,
+        weight: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        rstd: &Tensor<f32>,
+        sum_dz: &mut Tensor<f32>,
+        sum_dz_normed: &mut Tensor<f32>,
+        rows: u32,
+        channels: u32,
+        channels_per_group: u32,
+        len: u32,
+        #[comptime] silu: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let nc = ABSOLUTE_POS;
+        if nc < rows as usize {
+            let c = nc % channels as usize;
+            let group_row =
+                (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
+            let mu = mean[group_row];
+            let r = rstd[group_row];
+            let w = weight[c];
+            let b = bias[c];
+            let base = nc * len as usize;
+            let mut s_dz = f32::new(0.0);
+            let mut s_dz_normed = f32::new(0.0);
+            for i in 0..len as usize {
+                let normed = (f32::cast_from(x[base + i]) - mu) * r;
+                let dz = pre_activation_grad(f32::cast_from(dy[base + i]), normed * w + b, silu);
+                s_dz += dz;
+                s_dz_normed += dz * normed;
+            }
+            sum_dz[nc] = s_dz;
+            sum_dz_normed[nc] = s_dz_normed;
+        }
+    }
+
+    /// `dx = (γ·dz − mean(γ·dz) − x̂·mean(γ·dz·x̂)) / σ`, element-wise.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_input_kernel<F: Float>(
         x: &Tensor<F>,
         dy: &Tensor<F>,
         weight: &Tensor<f32>,
@@ -210,9 +328,7 @@ mod device {
         if i < elements as usize {
             let nc = i / len as usize;
             let c = nc % channels as usize;
-            let n = nc / channels as usize;
-            let groups = (channels / channels_per_group) as usize;
-            let row = n * groups + c / channels_per_group as usize;
+            let row = (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
             let r = rstd[row];
             let normed = (f32::cast_from(x[i]) - mean[row]) * r;
             let w = weight[c];
@@ -222,82 +338,56 @@ mod device {
     }
 }
 
-/// `a` as a `B`, if `A` is `B`.
-fn cast_same<A: 'static, B: 'static>(a: A) -> Option<B> {
-    let mut slot = Some(a);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<B>>()
-        .and_then(Option::take)
+/// A plain CubeCL backend of runtime `R`: what the kernels' host code computes its small tensor
+/// ops with (any float/int/bool element types would do: a `CubeTensor` carries its own dtype).
+type Inner<R> = CubeBackend<R, f32, i32, u8>;
+
+/// Sizes of a `[n, c, l]` GroupNorm.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    n: usize,
+    c: usize,
+    l: usize,
+    groups: usize,
+    silu: bool,
+    eps: f32,
 }
 
-/// The CubeCL runtime whose tensors backend `I` uses, if it is one of the GPU backends' (not
-/// fused).
-pub(super) trait CubeCall {
-    /// Runs `f` with `R` set to the runtime of `I`'s float tensors, if those are `CubeTensor<R>`.
-    fn call<I: Backend, T>(f: impl CubeFn<I, T>) -> Option<T>;
-}
+impl Sizes {
+    /// `None` where the kernels do not apply: sizes beyond their 32-bit indices, or channels
+    /// that do not split into the groups.
+    fn of(dims: [usize; 3], options: GroupNormOptions) -> Option<Self> {
+        let [n, c, l] = dims;
+        let fits = n
+            .checked_mul(c)
+            .and_then(|nc| nc.checked_mul(l))
+            .is_some_and(|e| e < u32::MAX as usize);
+        let splits = options.groups > 0 && c.is_multiple_of(options.groups);
+        (fits && splits && l > 0).then_some(Self {
+            n,
+            c,
+            l,
+            groups: options.groups,
+            silu: options.silu,
+            eps: options.eps as f32,
+        })
+    }
 
-/// A computation generic over the CubeCL runtime.
-pub(super) trait CubeFn<I: Backend, T> {
-    fn run<R: CubeRuntime>(self) -> T;
-}
-
-/// The runtimes compiled in.
-pub(super) struct Runtimes;
-
-impl CubeCall for Runtimes {
-    fn call<I: Backend, T>(f: impl CubeFn<I, T>) -> Option<T> {
-        #[cfg(feature = "wgpu")]
-        if is_runtime::<I, burn::backend::wgpu::WgpuRuntime>() {
-            return Some(f.run::<burn::backend::wgpu::WgpuRuntime>());
-        }
-        #[cfg(feature = "cuda")]
-        if is_runtime::<I, cubecl::cuda::CudaRuntime>() {
-            return Some(f.run::<cubecl::cuda::CudaRuntime>());
-        }
-        let _ = f;
-        None
+    fn per_group(&self) -> u32 {
+        (self.c / self.groups) as u32
     }
 }
 
-fn is_runtime<I: Backend, R: CubeRuntime>() -> bool {
-    TypeId::of::<FloatTensor<I>>() == TypeId::of::<CubeTensor<R>>()
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
 }
 
-/// Whether backend `I`'s GroupNorm runs these kernels.
-pub fn applies<I: Backend>() -> bool {
-    struct Probe;
-    impl<I: Backend> CubeFn<I, ()> for Probe {
-        fn run<R: CubeRuntime>(self) {}
-    }
-    super::enabled() && Runtimes::call::<I, ()>(Probe).is_some()
+/// Cubes for `count` items of work (a cube each), spread within the device's limits.
+fn cubes<R: CubeRuntime>(like: &CubeTensor<R>, count: usize) -> CubeCount {
+    CubeCountSelection::new(&like.client, count as u32).cube_count()
 }
 
-fn to_cube<I: Backend, R: CubeRuntime, const D: usize>(t: Tensor<I, D>) -> CubeTensor<R> {
-    let primitive: FloatTensor<I> = t.into_primitive().tensor();
-    into_contiguous(
-        cast_same::<FloatTensor<I>, CubeTensor<R>>(primitive)
-            .expect("called only for the backend of this runtime"),
-    )
-}
-
-fn from_cube<I: Backend, R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tensor<I, D> {
-    let primitive = cast_same::<CubeTensor<R>, FloatTensor<I>>(t)
-        .expect("called only for the backend of this runtime");
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
-}
-
-fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
-}
-
-/// Cubes for `count` items of work, within the device's per-dimension limit.
-fn cubes<R: CubeRuntime>(like: &CubeTensor<R>, count: usize) -> Option<CubeCount> {
-    let count = u32::try_from(count).ok()?;
-    Some(CubeCountSelection::new(&like.client, count).cube_count())
-}
-
-/// Threads per cube for the reductions, within the device's limit (a power of two).
+/// Units per cube for the reductions, within the device's limit (a power of two).
 fn block<R: CubeRuntime>(like: &CubeTensor<R>) -> u32 {
     let max = like.client.properties().hardware.max_units_per_cube;
     let mut block = BLOCK;
@@ -307,150 +397,136 @@ fn block<R: CubeRuntime>(like: &CubeTensor<R>) -> u32 {
     block
 }
 
-/// Sizes of a `[n, c, l]` GroupNorm, as the kernels take them; `None` where they do not fit
-/// the kernels' 32-bit indices.
-#[derive(Clone, Copy)]
-struct Sizes {
-    n: usize,
-    c: usize,
-    l: usize,
-    groups: usize,
+/// How a channel of `len` positions is reduced: by a cube of that many units (a power of two,
+/// at most [`block`]), or — below [`SERIAL_BELOW`] positions — by one unit.
+fn channel_block<R: CubeRuntime>(like: &CubeTensor<R>, len: usize) -> Option<u32> {
+    (len >= SERIAL_BELOW).then(|| (len.next_power_of_two() as u32).min(block(like)))
 }
 
-impl Sizes {
-    fn of(dims: [usize; 3], options: GroupNormOptions) -> Option<Self> {
-        let [n, c, l] = dims;
-        let fits = (n * c * l) < u32::MAX as usize
-            && options.groups > 0
-            && c.is_multiple_of(options.groups);
-        fits.then_some(Self {
-            n,
-            c,
-            l,
-            groups: options.groups,
-        })
-    }
-
-    fn per_group(&self) -> u32 {
-        (self.c / self.groups) as u32
-    }
+/// Cube count and size for `elements` units of element-wise work.
+fn elementwise<R: CubeRuntime>(like: &CubeTensor<R>, elements: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(ELEMENTWISE.min(block(like).max(1)));
+    (
+        cubecl::calculate_cube_count_elemwise(&like.client, elements, dim),
+        dim,
+    )
 }
 
-/// Forward: `(y, mean, rstd)` as [`super::group_norm`]'s Burn path returns them (`y` in `x`'s
-/// dtype, the statistics `[n, groups, 1]` in f32); `None` when backend `I` is not a plain
-/// CubeCL backend or the sizes do not suit the kernels.
-pub(super) fn forward<I: Backend>(
-    x: &Tensor<I, 3>,
-    weight: &Tensor<I, 1>,
-    bias: &Tensor<I, 1>,
-    options: GroupNormOptions,
-) -> Option<(Tensor<I, 3>, Tensor<I, 3>, Tensor<I, 3>)> {
-    struct Forward<'a, I: Backend> {
-        x: &'a Tensor<I, 3>,
-        weight: &'a Tensor<I, 1>,
-        bias: &'a Tensor<I, 1>,
-        options: GroupNormOptions,
-        sizes: Sizes,
-    }
-    impl<I: Backend> CubeFn<I, Option<(Tensor<I, 3>, Tensor<I, 3>, Tensor<I, 3>)>> for Forward<'_, I> {
-        fn run<R: CubeRuntime>(self) -> Option<(Tensor<I, 3>, Tensor<I, 3>, Tensor<I, 3>)> {
-            let Sizes { n, c, l, groups } = self.sizes;
-            let x = to_cube::<I, R, 3>(self.x.clone());
-            let weight = to_cube::<I, R, 1>(self.weight.clone().to_dtype(DType::F32));
-            let bias = to_cube::<I, R, 1>(self.bias.clone().to_dtype(DType::F32));
-            let rows = n * groups;
-            let count = cubes(&x, rows)?;
-            let block = block(&x);
-            let y = empty_device_contiguous_dtype(
-                x.client.clone(),
-                x.device.clone(),
-                Shape::new([n, c, l]),
-                x.dtype,
-            );
-            let mean = empty_f32(&x, Shape::new([n, groups, 1]));
-            let rstd = empty_f32(&x, Shape::new([n, groups, 1]));
-            let dtype = x.dtype;
-            group_norm_forward_kernel::launch::<R>(
-                &x.client.clone(),
+/// Forward on `R`'s tensors: `[x, weight (f32), bias (f32)]` → `[y, mean, rstd]`.
+fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTensor<R>; 3] {
+    let [x, weight, bias] = inputs.map(into_contiguous);
+    let Sizes {
+        n, c, l, groups, ..
+    } = s;
+    let client = x.client.clone();
+    let channel_mean = empty(&x, Shape::new([n * c]), DType::F32);
+    let channel_m2 = empty(&x, Shape::new([n * c]), DType::F32);
+    match channel_block(&x, l) {
+        Some(block) => device::channel_stats_kernel::launch::<R>(
+            &client,
+            cubes(&x, n * c),
+            CubeDim::new_1d(block),
+            x.clone().into_tensor_arg(),
+            channel_mean.clone().into_tensor_arg(),
+            channel_m2.clone().into_tensor_arg(),
+            (n * c) as u32,
+            l as u32,
+            block,
+            x.dtype.into(),
+        ),
+        None => {
+            let (count, dim) = elementwise(&x, n * c);
+            device::channel_stats_serial_kernel::launch::<R>(
+                &client,
                 count,
-                CubeDim::new_1d(block),
-                x.into_tensor_arg(),
-                weight.into_tensor_arg(),
-                bias.into_tensor_arg(),
-                y.clone().into_tensor_arg(),
-                mean.clone().into_tensor_arg(),
-                rstd.clone().into_tensor_arg(),
-                rows as u32,
-                groups as u32,
-                self.sizes.per_group(),
+                dim,
+                x.clone().into_tensor_arg(),
+                channel_mean.clone().into_tensor_arg(),
+                channel_m2.clone().into_tensor_arg(),
+                (n * c) as u32,
                 l as u32,
-                self.options.eps as f32,
-                block,
-                self.options.silu,
-                dtype.into(),
-            );
-            Some((from_cube(y), from_cube(mean), from_cube(rstd)))
+                x.dtype.into(),
+            )
         }
     }
-    if !super::enabled() {
-        return None;
-    }
-    let sizes = Sizes::of(x.dims(), options)?;
-    Runtimes::call::<I, _>(Forward {
-        x,
-        weight,
-        bias,
-        options,
-        sizes,
-    })
-    .flatten()
+    let mean = empty(&x, Shape::new([n, groups, 1]), DType::F32);
+    let rstd = empty(&x, Shape::new([n, groups, 1]), DType::F32);
+    let (count, dim) = elementwise(&x, n * groups);
+    device::group_stats_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        channel_mean.into_tensor_arg(),
+        channel_m2.into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        rstd.clone().into_tensor_arg(),
+        (n * groups) as u32,
+        s.per_group(),
+        l as u32,
+        s.eps,
+    );
+    let y = empty(&x, Shape::new([n, c, l]), x.dtype);
+    let (count, dim) = elementwise(&x, n * c * l);
+    let dtype = x.dtype;
+    device::normalize_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        rstd.clone().into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        (n * c * l) as u32,
+        c as u32,
+        s.per_group(),
+        l as u32,
+        s.silu,
+        dtype.into(),
+    );
+    [y, mean, rstd]
 }
 
-/// Backward: `(dx, dweight, dbias)` in their inputs' dtypes, as the Burn path's
-/// [`super::group_norm::backward`]; `None` where [`forward`] would be.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn backward<I: Backend>(
-    x: &Tensor<I, 3>,
-    weight: &Tensor<I, 1>,
-    bias: &Tensor<I, 1>,
-    mean: &Tensor<I, 3>,
-    rstd: &Tensor<I, 3>,
-    grad: &Tensor<I, 3>,
-    options: GroupNormOptions,
-) -> Option<(Tensor<I, 3>, Tensor<I, 1>, Tensor<I, 1>)> {
-    struct Backward<'a, I: Backend> {
-        x: &'a Tensor<I, 3>,
-        weight: &'a Tensor<I, 1>,
-        bias: &'a Tensor<I, 1>,
-        mean: &'a Tensor<I, 3>,
-        rstd: &'a Tensor<I, 3>,
-        grad: &'a Tensor<I, 3>,
-        options: GroupNormOptions,
-        sizes: Sizes,
-    }
-    type Grads<I> = (Tensor<I, 3>, Tensor<I, 1>, Tensor<I, 1>);
-    impl<I: Backend> CubeFn<I, Option<Grads<I>>> for Backward<'_, I> {
-        fn run<R: CubeRuntime>(self) -> Option<Grads<I>> {
-            let Sizes { n, c, l, groups } = self.sizes;
-            let per_group = self.sizes.per_group();
-            let silu = self.options.silu;
-            let x_dtype = self.x.dtype();
-            let x = to_cube::<I, R, 3>(self.x.clone());
-            let dy = to_cube::<I, R, 3>(self.grad.clone().to_dtype(x_dtype));
-            let weight_f32 = self.weight.clone().to_dtype(DType::F32);
-            let weight = to_cube::<I, R, 1>(weight_f32.clone());
-            let bias = to_cube::<I, R, 1>(self.bias.clone().to_dtype(DType::F32));
-            let mean = to_cube::<I, R, 3>(self.mean.clone());
-            let rstd = to_cube::<I, R, 3>(self.rstd.clone());
-            let client = x.client.clone();
-            let block = block(&x);
+/// Backward on `R`'s tensors: `[x, dy, weight (f32), bias (f32), mean, rstd]` →
+/// `[dx, dweight (f32), dbias (f32)]`.
+fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTensor<R>; 3] {
+    let [x, dy, weight, bias, mean, rstd] = inputs.map(into_contiguous);
+    let Sizes {
+        n, c, l, groups, ..
+    } = s;
+    let client = x.client.clone();
+    let dtype = x.dtype;
 
-            let sum_dz = empty_f32(&x, Shape::new([n, c, 1]));
-            let sum_dz_normed = empty_f32(&x, Shape::new([n, c, 1]));
-            group_norm_backward_sums_kernel::launch::<R>(
+    let sum_dz = empty(&x, Shape::new([n, c, 1]), DType::F32);
+    let sum_dz_normed = empty(&x, Shape::new([n, c, 1]), DType::F32);
+    match channel_block(&x, l) {
+        Some(block) => device::backward_sums_kernel::launch::<R>(
+            &client,
+            cubes(&x, n * c),
+            CubeDim::new_1d(block),
+            x.clone().into_tensor_arg(),
+            dy.clone().into_tensor_arg(),
+            weight.clone().into_tensor_arg(),
+            bias.clone().into_tensor_arg(),
+            mean.clone().into_tensor_arg(),
+            rstd.clone().into_tensor_arg(),
+            sum_dz.clone().into_tensor_arg(),
+            sum_dz_normed.clone().into_tensor_arg(),
+            (n * c) as u32,
+            c as u32,
+            s.per_group(),
+            l as u32,
+            block,
+            s.silu,
+            dtype.into(),
+        ),
+        None => {
+            let (count, dim) = elementwise(&x, n * c);
+            device::backward_sums_serial_kernel::launch::<R>(
                 &client,
-                cubes(&x, n * c)?,
-                CubeDim::new_1d(block),
+                count,
+                dim,
                 x.clone().into_tensor_arg(),
                 dy.clone().into_tensor_arg(),
                 weight.clone().into_tensor_arg(),
@@ -461,79 +537,348 @@ pub(super) fn backward<I: Backend>(
                 sum_dz_normed.clone().into_tensor_arg(),
                 (n * c) as u32,
                 c as u32,
-                per_group,
+                s.per_group(),
                 l as u32,
-                block,
-                silu,
-                x_dtype.into(),
-            );
-
-            // The per-channel sums give dβ and dγ (over the batch) and, weighted by γ, the
-            // per-group means of dx̂ = γ·dz and of dx̂·x̂ that the closed form needs.
-            let sum_dz = from_cube::<I, R, 3>(sum_dz);
-            let sum_dz_normed = from_cube::<I, R, 3>(sum_dz_normed);
-            let dbias = sum_dz.clone().sum_dim(0).reshape([c]);
-            let dweight = sum_dz_normed.clone().sum_dim(0).reshape([c]);
-            let w = weight_f32.reshape([1, c, 1]);
-            let m = (c / groups * l) as f64;
-            let group_mean = |t: Tensor<I, 3>| {
-                (t * w.clone())
-                    .reshape([n, groups, c / groups])
-                    .sum_dim(2)
-                    .div_scalar(m)
-            };
-            let mean_d = to_cube::<I, R, 3>(group_mean(sum_dz));
-            let mean_dx = to_cube::<I, R, 3>(group_mean(sum_dz_normed));
-
-            let elements = n * c * l;
-            let cube_dim = CubeDim::new_1d(block);
-            let count = cubecl::calculate_cube_count_elemwise(&client, elements, cube_dim);
-            let dx = empty_device_contiguous_dtype(
-                client.clone(),
-                x.device.clone(),
-                Shape::new([n, c, l]),
-                x_dtype,
-            );
-            group_norm_backward_input_kernel::launch::<R>(
-                &client,
-                count,
-                cube_dim,
-                x.into_tensor_arg(),
-                dy.into_tensor_arg(),
-                weight.into_tensor_arg(),
-                bias.into_tensor_arg(),
-                mean.into_tensor_arg(),
-                rstd.into_tensor_arg(),
-                mean_d.into_tensor_arg(),
-                mean_dx.into_tensor_arg(),
-                dx.clone().into_tensor_arg(),
-                elements as u32,
-                c as u32,
-                per_group,
-                l as u32,
-                silu,
-                x_dtype.into(),
-            );
-            Some((
-                from_cube(dx),
-                dweight.to_dtype(self.weight.dtype()),
-                dbias.to_dtype(self.bias.dtype()),
-            ))
+                s.silu,
+                dtype.into(),
+            )
         }
     }
-    if !super::enabled() {
+
+    // The per-channel sums give dβ and dγ (over the batch) and, weighted by γ, the per-group
+    // means of dx̂ = γ·dz and of dx̂·x̂ that the closed form needs.
+    let sum_dz = tensor::<R, 3>(sum_dz);
+    let sum_dz_normed = tensor::<R, 3>(sum_dz_normed);
+    let dbias = sum_dz.clone().sum_dim(0).reshape([c]);
+    let dweight = sum_dz_normed.clone().sum_dim(0).reshape([c]);
+    let w = tensor::<R, 1>(weight.clone()).reshape([1, c, 1]);
+    let m = (c / groups * l) as f64;
+    let group_mean = |t: Tensor<Inner<R>, 3>| {
+        let t = (t * w.clone())
+            .reshape([n, groups, c / groups])
+            .sum_dim(2)
+            .div_scalar(m);
+        into_contiguous(primitive(t))
+    };
+    let mean_d = group_mean(sum_dz);
+    let mean_dx = group_mean(sum_dz_normed);
+
+    let dx = empty(&x, Shape::new([n, c, l]), dtype);
+    let (count, dim) = elementwise(&x, n * c * l);
+    device::backward_input_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        mean.into_tensor_arg(),
+        rstd.into_tensor_arg(),
+        mean_d.into_tensor_arg(),
+        mean_dx.into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        (n * c * l) as u32,
+        c as u32,
+        s.per_group(),
+        l as u32,
+        s.silu,
+        dtype.into(),
+    );
+    [dx, primitive(dweight), primitive(dbias)]
+}
+
+fn tensor<R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tensor<Inner<R>, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn primitive<R: CubeRuntime, const D: usize>(t: Tensor<Inner<R>, D>) -> CubeTensor<R> {
+    t.into_primitive().tensor()
+}
+
+/// `a` as a `B`, if `A` is `B`.
+fn cast_same<A: 'static, B: 'static>(a: A) -> Option<B> {
+    let mut slot = Some(a);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<B>>()
+        .and_then(Option::take)
+}
+
+/// How backend `I`'s float tensors reach a CubeCL runtime.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Route {
+    /// `CubeTensor<R>`: launched at once.
+    Plain,
+    /// `FusionTensor<FusionCubeRuntime<R>>`: registered as a custom operation in the stream.
+    #[cfg(feature = "fusion")]
+    Fused,
+}
+
+/// A computation over the CubeCL runtime of backend `I`.
+trait OnRuntime<T> {
+    fn run<R: CubeRuntime>(self, route: Route) -> T;
+}
+
+/// Runs `f` on the runtime of `I`'s float tensors, if it is one compiled in.
+fn on_runtime<I: Backend, T>(f: impl OnRuntime<T>) -> Option<T> {
+    fn route<I: Backend, R: CubeRuntime>() -> Option<Route> {
+        let float = TypeId::of::<FloatTensor<I>>();
+        if float == TypeId::of::<CubeTensor<R>>() {
+            return Some(Route::Plain);
+        }
+        #[cfg(feature = "fusion")]
+        if float == TypeId::of::<fused::Tensor<R>>() {
+            return Some(Route::Fused);
+        }
+        None
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(r) = route::<I, burn::backend::wgpu::WgpuRuntime>() {
+        return Some(f.run::<burn::backend::wgpu::WgpuRuntime>(r));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(r) = route::<I, cubecl::cuda::CudaRuntime>() {
+        return Some(f.run::<cubecl::cuda::CudaRuntime>(r));
+    }
+    let _ = f;
+    None
+}
+
+/// Whether backend `I`'s GroupNorm runs these kernels (when [`super::enabled`]).
+pub fn applies<I: Backend>() -> bool {
+    struct Probe;
+    impl OnRuntime<()> for Probe {
+        fn run<R: CubeRuntime>(self, _: Route) {}
+    }
+    on_runtime::<I, ()>(Probe).is_some()
+}
+
+/// Runs `op` on the runtime tensors of `inputs` and returns its outputs (of the shapes and
+/// dtypes given) as `I`'s tensors.
+struct Apply<I: Backend, const NI: usize, const NO: usize, Op> {
+    name: &'static str,
+    inputs: [FloatTensor<I>; NI],
+    outputs: [(Shape, DType); NO],
+    op: Op,
+}
+
+/// An operation on one runtime's tensors, whatever the runtime.
+trait KernelOp<const NI: usize, const NO: usize>:
+    Send + Sync + Copy + std::fmt::Debug + 'static
+{
+    fn run<R: CubeRuntime>(&self, inputs: [CubeTensor<R>; NI]) -> [CubeTensor<R>; NO];
+}
+
+impl<I: Backend, const NI: usize, const NO: usize, Op: KernelOp<NI, NO>>
+    OnRuntime<[FloatTensor<I>; NO]> for Apply<I, NI, NO, Op>
+{
+    fn run<R: CubeRuntime>(self, route: Route) -> [FloatTensor<I>; NO] {
+        let expect = "the route was chosen for this type";
+        match route {
+            Route::Plain => {
+                let inputs = self
+                    .inputs
+                    .map(|t| cast_same::<FloatTensor<I>, CubeTensor<R>>(t).expect(expect));
+                self.op
+                    .run::<R>(inputs)
+                    .map(|t| cast_same::<CubeTensor<R>, FloatTensor<I>>(t).expect(expect))
+            }
+            #[cfg(feature = "fusion")]
+            Route::Fused => {
+                let inputs = self
+                    .inputs
+                    .map(|t| cast_same::<FloatTensor<I>, fused::Tensor<R>>(t).expect(expect));
+                fused::register::<R, NI, NO, Op>(self.name, inputs, self.outputs, self.op)
+                    .map(|t| cast_same::<fused::Tensor<R>, FloatTensor<I>>(t).expect(expect))
+            }
+        }
+    }
+}
+
+impl<I: Backend, const NI: usize, const NO: usize, Op: KernelOp<NI, NO>> Apply<I, NI, NO, Op> {
+    fn apply(self) -> Option<[FloatTensor<I>; NO]> {
+        // `outputs` and `name` are read on the fused route only.
+        let _ = (&self.outputs, self.name);
+        on_runtime::<I, _>(self)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ForwardOp(Sizes);
+
+impl KernelOp<3, 3> for ForwardOp {
+    fn run<R: CubeRuntime>(&self, inputs: [CubeTensor<R>; 3]) -> [CubeTensor<R>; 3] {
+        forward_on(inputs, self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BackwardOp(Sizes);
+
+impl KernelOp<6, 3> for BackwardOp {
+    fn run<R: CubeRuntime>(&self, inputs: [CubeTensor<R>; 6]) -> [CubeTensor<R>; 3] {
+        backward_on(inputs, self.0)
+    }
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Forward: `(y, mean, rstd)` as [`super::group_norm::forward_burn`] returns them (`y` in `x`'s
+/// dtype, the statistics `[n, groups, 1]` in f32); `None` when backend `I` is not a CubeCL
+/// backend, the kernels are off, or the sizes do not suit them.
+pub(super) fn forward<I: Backend>(
+    x: &Tensor<I, 3>,
+    weight: &Tensor<I, 1>,
+    bias: &Tensor<I, 1>,
+    options: GroupNormOptions,
+) -> Option<(Tensor<I, 3>, Tensor<I, 3>, Tensor<I, 3>)> {
+    if !super::enabled() || !applies::<I>() {
         return None;
     }
-    let sizes = Sizes::of(x.dims(), options)?;
-    Runtimes::call::<I, _>(Backward {
-        x,
-        weight,
-        bias,
-        mean,
-        rstd,
-        grad,
-        options,
-        sizes,
-    })
-    .flatten()
+    let s = Sizes::of(x.dims(), options)?;
+    let stats = Shape::new([s.n, s.groups, 1]);
+    let [y, mean, rstd] = Apply::<I, 3, 3, _> {
+        name: "likeness_group_norm_forward",
+        inputs: [
+            float(x.clone()),
+            float(weight.clone().to_dtype(DType::F32)),
+            float(bias.clone().to_dtype(DType::F32)),
+        ],
+        outputs: [
+            (Shape::new([s.n, s.c, s.l]), x.dtype()),
+            (stats.clone(), DType::F32),
+            (stats, DType::F32),
+        ],
+        op: ForwardOp(s),
+    }
+    .apply()?;
+    Some((wrap(y), wrap(mean), wrap(rstd)))
+}
+
+/// Backward: `(dx, dweight, dbias)` in their inputs' dtypes, as
+/// [`super::group_norm::backward_burn`]; `None` where [`forward`] would be.
+pub(super) fn backward<I: Backend>(
+    x: &Tensor<I, 3>,
+    weight: &Tensor<I, 1>,
+    bias: &Tensor<I, 1>,
+    mean: &Tensor<I, 3>,
+    rstd: &Tensor<I, 3>,
+    grad: &Tensor<I, 3>,
+    options: GroupNormOptions,
+) -> Option<(Tensor<I, 3>, Tensor<I, 1>, Tensor<I, 1>)> {
+    if !super::enabled() || !applies::<I>() {
+        return None;
+    }
+    let s = Sizes::of(x.dims(), options)?;
+    let [dx, dweight, dbias] = Apply::<I, 6, 3, _> {
+        name: "likeness_group_norm_backward",
+        inputs: [
+            float(x.clone()),
+            float(grad.clone().to_dtype(x.dtype())),
+            float(weight.clone().to_dtype(DType::F32)),
+            float(bias.clone().to_dtype(DType::F32)),
+            float(mean.clone().to_dtype(DType::F32)),
+            float(rstd.clone().to_dtype(DType::F32)),
+        ],
+        outputs: [
+            (Shape::new([s.n, s.c, s.l]), x.dtype()),
+            (Shape::new([s.c]), DType::F32),
+            (Shape::new([s.c]), DType::F32),
+        ],
+        op: BackwardOp(s),
+    }
+    .apply()?;
+    Some((
+        wrap(dx),
+        wrap::<I, 1>(dweight).to_dtype(weight.dtype()),
+        wrap::<I, 1>(dbias).to_dtype(bias.dtype()),
+    ))
+}
+
+/// The kernels inside a fused backend's stream: a custom operation that the fusers stop at,
+/// executed in stream order on the inner backend's tensors (as `burn-vision` runs its CubeCL
+/// kernels under fusion).
+#[cfg(feature = "fusion")]
+mod fused {
+    use std::marker::PhantomData;
+
+    use burn::tensor::{DType, Shape};
+    use burn_cubecl::CubeRuntime;
+    use burn_cubecl::fusion::FusionCubeRuntime;
+    use burn_cubecl::tensor::CubeTensor;
+    use burn_fusion::stream::{Operation, OperationStreams};
+    use burn_fusion::{FusionRuntime, FusionTensor};
+    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+
+    use super::{Inner, KernelOp};
+
+    pub(super) type Tensor<R> = FusionTensor<FusionCubeRuntime<R>>;
+
+    struct Custom<R, const NI: usize, const NO: usize, Op> {
+        desc: CustomOpIr,
+        op: Op,
+        _runtime: PhantomData<fn() -> R>,
+    }
+
+    impl<R, const NI: usize, const NO: usize, Op: std::fmt::Debug> std::fmt::Debug
+        for Custom<R, NI, NO, Op>
+    {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Custom")
+                .field("id", &self.desc.id)
+                .field("op", &self.op)
+                .finish()
+        }
+    }
+
+    impl<R: CubeRuntime, const NI: usize, const NO: usize, Op: KernelOp<NI, NO>>
+        Operation<FusionCubeRuntime<R>> for Custom<R, NI, NO, Op>
+    {
+        fn execute(
+            &self,
+            handles: &mut HandleContainer<<FusionCubeRuntime<R> as FusionRuntime>::FusionHandle>,
+        ) {
+            let (inputs, outputs) = self.desc.as_fixed::<NI, NO>();
+            let inputs: [CubeTensor<R>; NI] = inputs
+                .each_ref()
+                .map(|ir| handles.get_float_tensor::<Inner<R>>(ir));
+            let results = self.op.run::<R>(inputs);
+            for (ir, tensor) in outputs.iter().zip(results) {
+                handles.register_float_tensor::<Inner<R>>(&ir.id, tensor);
+            }
+        }
+    }
+
+    pub(super) fn register<R: CubeRuntime, const NI: usize, const NO: usize, Op>(
+        name: &'static str,
+        inputs: [Tensor<R>; NI],
+        outputs: [(Shape, DType); NO],
+        op: Op,
+    ) -> [Tensor<R>; NO]
+    where
+        Op: KernelOp<NI, NO>,
+    {
+        let client = inputs[0].client.clone();
+        let streams = OperationStreams::with_inputs(inputs.iter());
+        let outputs = outputs
+            .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape, dtype));
+        let inputs = inputs.map(|t| t.into_ir());
+        let desc = CustomOpIr::new(name, &inputs, &outputs);
+        let custom = Custom::<R, NI, NO, Op> {
+            desc: desc.clone(),
+            op,
+            _runtime: PhantomData,
+        };
+        let tensors = client.register(streams, OperationIr::Custom(desc), custom);
+        match <[Tensor<R>; NO]>::try_from(tensors) {
+            Ok(tensors) => tensors,
+            Err(_) => unreachable!("a custom operation returns the outputs it was given"),
+        }
+    }
 }
