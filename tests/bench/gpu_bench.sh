@@ -118,6 +118,8 @@ LU="env LIKENESS_FUSION=0 $L"
 # Likeness' own attention and GroupNorm autodiff ops off (`LIKENESS_KERNELS=0`): Burn's ops
 # differentiated one by one, for the side-by-side of that change.
 LK="env LIKENESS_KERNELS=0 $L"
+# The same autodiff ops with Burn's tensor ops inside instead of Likeness' CubeCL GroupNorm kernels.
+LC="env LIKENESS_CUBE_KERNELS=0 $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
@@ -133,6 +135,7 @@ item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iter
 item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
 item db-bf16-b1 120 likeness-burnops $LK --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 3
+item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
 item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
 item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
 item ops-f32 40 diffusers $P --precision f32 --only ops --iters 5

@@ -644,7 +644,21 @@ fn on_runtime<I: Backend, T>(f: impl OnRuntime<T>) -> Option<T> {
     None
 }
 
-/// Whether backend `I`'s GroupNorm runs these kernels (when [`super::enabled`]).
+/// Whether these kernels are on: yes unless [`super::enabled`] is not or `LIKENESS_CUBE_KERNELS`
+/// is `0`, `off` or `false` (to measure them against the same autodiff ops on Burn's tensor ops,
+/// in one binary).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    super::enabled()
+        && *ON.get_or_init(|| {
+            !matches!(
+                std::env::var("LIKENESS_CUBE_KERNELS").as_deref(),
+                Ok("0" | "off" | "false")
+            )
+        })
+}
+
+/// Whether backend `I`'s GroupNorm runs these kernels (when [`enabled`]).
 pub fn applies<I: Backend>() -> bool {
     struct Probe;
     impl OnRuntime<()> for Probe {
@@ -738,7 +752,7 @@ pub(super) fn forward<I: Backend>(
     bias: &Tensor<I, 1>,
     options: GroupNormOptions,
 ) -> Option<(Tensor<I, 3>, Tensor<I, 3>, Tensor<I, 3>)> {
-    if !super::enabled() || !applies::<I>() {
+    if !enabled() || !applies::<I>() {
         return None;
     }
     let s = Sizes::of(x.dims(), options)?;
@@ -772,7 +786,7 @@ pub(super) fn backward<I: Backend>(
     grad: &Tensor<I, 3>,
     options: GroupNormOptions,
 ) -> Option<(Tensor<I, 3>, Tensor<I, 1>, Tensor<I, 1>)> {
-    if !super::enabled() || !applies::<I>() {
+    if !enabled() || !applies::<I>() {
         return None;
     }
     let s = Sizes::of(x.dims(), options)?;
