@@ -223,6 +223,12 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
     );
     println!("| both | {:.3} | {:.3} |", r.asked.both, r.chance.both);
     println!("pictures: {}", r.asked.pictures);
+    if let Some(rec) = r.reconstruction {
+        println!(
+            "VAE reconstruction MSE on [-1, 1]: held-out scenes {:.4}, concept photos {:.4}",
+            rec.scenes, rec.concept_photos
+        );
+    }
     Ok(())
 }
 

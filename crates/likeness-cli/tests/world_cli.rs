@@ -122,6 +122,12 @@ fn concepts_and_a_short_training_chain() {
         5
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("background colour"));
+    // The VAE's reconstruction error, on [-1, 1]: between 0 (exact) and 4 (every value opposite).
+    for part in ["scenes", "concept_photos"] {
+        let mse = q["reconstruction"][part].as_f64().unwrap();
+        assert!(mse > 0.0 && mse < 4.0, "{part} {mse}");
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("VAE reconstruction MSE"));
 
     let o = likeness()
         .args(["world", "concepts", "--concept", "nope", "--out"])

@@ -12,12 +12,18 @@ use likeness_models::schedulers::SchedulerKind;
 use likeness_models::sd::{LoadOptions, StableDiffusion};
 use serde::{Deserialize, Serialize};
 
+use crate::data::to_signed_chw;
 use crate::dpo::{GeneratedImage, generate_set};
 use crate::error::{Result, TrainError};
 use crate::events::TrainEvent;
 use crate::scoring::load_rgb;
 use crate::world::check::{CheckRates, scene_check_rates};
-use crate::world::{Scene, WorldSpec, dataset_item};
+use crate::world::{
+    CONCEPT_PHOTO_COUNT, CONCEPTS, Scene, WorldSpec, dataset_item, render, render_concept_photo,
+};
+use crate::world_train::vae::reconstruction_mse;
+use image::RgbImage;
+use likeness_models::vae::AutoencoderKL;
 
 /// The dataset seed of the held-out captions. The world trainers draw their scenes from the run
 /// seed (0 unless set), so these scenes are new to the model.
@@ -58,6 +64,62 @@ pub struct QualityReport {
     /// Pass rates of the same pictures against another caption's scene (the picture set rotated
     /// by half its length): what the checks give by chance.
     pub chance: CheckRates,
+    /// How well the model's VAE alone reproduces pictures (absent from reports written before
+    /// it was measured).
+    #[serde(default)]
+    pub reconstruction: Option<Reconstruction>,
+}
+
+/// The VAE's reconstruction error: mean squared error, on the [-1, 1] scale, between a picture
+/// and the decoded mean of its latent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reconstruction {
+    /// Over the held-out captions' scenes (the first [`RECONSTRUCTED_SCENES`] at most).
+    pub scenes: f32,
+    /// Over every concept's photos ([`CONCEPT_PHOTO_COUNT`] each).
+    pub concept_photos: f32,
+}
+
+/// How many held-out scenes the reconstruction error is measured on.
+pub const RECONSTRUCTED_SCENES: usize = 64;
+
+/// [`Reconstruction`] of `vae` at `size` pixels.
+pub fn reconstruction<B: Backend>(
+    vae: &AutoencoderKL<B>,
+    scenes: &[&Scene],
+    size: usize,
+    device: &B::Device,
+) -> Reconstruction {
+    let batch = |images: Vec<RgbImage>| -> Tensor<B, 4> {
+        let n = images.len();
+        let values: Vec<f32> = images.iter().flat_map(to_signed_chw).collect();
+        Tensor::from_data(TensorData::new(values, [n, 3, size, size]), device)
+    };
+    // Mean of per-batch means, weighted by batch size: the mean over all pictures, in batches of
+    // at most 16 so that a large model's activations stay small.
+    let mse = |images: Vec<RgbImage>| -> f32 {
+        let total = images.len().max(1);
+        images
+            .chunks(16)
+            .map(|chunk| reconstruction_mse(vae, batch(chunk.to_vec())) * chunk.len() as f32)
+            .sum::<f32>()
+            / total as f32
+    };
+    let scene_images = scenes
+        .iter()
+        .take(RECONSTRUCTED_SCENES)
+        .map(|scene| render(scene, size as u32))
+        .collect();
+    let photos = CONCEPTS
+        .iter()
+        .flat_map(|c| {
+            (0..CONCEPT_PHOTO_COUNT as u64).map(|i| render_concept_photo(c, i, size as u32))
+        })
+        .collect();
+    Reconstruction {
+        scenes: mse(scene_images),
+        concept_photos: mse(photos),
+    }
 }
 
 /// The held-out caption set: (scene, caption) for index 0..n.
@@ -144,10 +206,12 @@ fn measure<B: Backend>(
     let half = scenes.len() / 2;
     let rotated = scenes.iter().cycle().skip(half).copied();
     let chance = scene_check_rates(images.iter().zip(rotated));
+    let reconstruction = Some(reconstruction(&model.vae, &scenes, size, device));
     let report = QualityReport {
         config,
         asked,
         chance,
+        reconstruction,
     };
     let path = report.config.out.join("quality.json");
     let text = serde_json::to_string_pretty(&report).map_err(|e| TrainError::io(&path, e))?;
