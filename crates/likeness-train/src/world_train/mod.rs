@@ -169,7 +169,8 @@ impl WorldModelSpec {
             "hidden_act": "quick_gelu",
             "layer_norm_eps": 1e-5,
             "projection_dim": self.projection_dim,
-            "pad_token_id": 1,
+            // Prompts are padded with `<|endoftext|>`, as `world pack` records it.
+            "pad_token_id": vocab_size - 1,
             "bos_token_id": vocab_size - 2,
             "eos_token_id": vocab_size - 1,
             "torch_dtype": "float32",
