@@ -77,6 +77,42 @@ mod device {
         dz
     }
 
+    /// Where a per-(sample, channel) reduction runs: a cube of `block` units per row, or with
+    /// `block` 1 one unit per row (channels of few positions: LayerNorm runs as GroupNorm over
+    /// `[tokens, channels, 1]`). Returns the row, this unit's first position and its stride.
+    #[cube]
+    fn row_and_span(#[comptime] block: u32) -> (usize, usize, usize) {
+        let mut row = CUBE_POS;
+        let mut first = UNIT_POS as usize;
+        let mut step = CUBE_DIM as usize;
+        if block == 1 {
+            row = ABSOLUTE_POS;
+            first = 0;
+            step = 1;
+        }
+        (row, first, step)
+    }
+
+    /// The sum of `value` over the units that share a row (see [`row_and_span`]).
+    #[cube]
+    fn row_sum(shared: &mut SharedMemory<f32>, value: f32, #[comptime] block: u32) -> f32 {
+        let mut total = value;
+        if block > 1 {
+            total = cube_sum(shared, value);
+        }
+        total
+    }
+
+    /// Whether this unit writes its row's result.
+    #[cube]
+    fn row_writer(#[comptime] block: u32) -> bool {
+        let mut writer = UNIT_POS == 0;
+        if block == 1 {
+            writer = true;
+        }
+        writer
+    }
+
     /// Per (sample, channel): the mean over positions and the sum of squared deviations from it.
     #[cube(launch)]
     pub(super) fn channel_stats_kernel<F: Float>(
@@ -88,60 +124,30 @@ mod device {
         #[comptime] block: u32,
         #[define(F)] _dtype: StorageType,
     ) {
-        let row = CUBE_POS;
+        let (row, first, step) = row_and_span(block);
         // The same for every unit of a cube, so the barriers inside stay uniform.
         if row < rows as usize {
             let base = row * len as usize;
-            let step = CUBE_DIM as usize;
             let mut shared = SharedMemory::<f32>::new(block as usize);
             let mut sum = f32::new(0.0);
-            let mut i = UNIT_POS as usize;
+            let mut i = first;
             while i < len as usize {
                 sum += f32::cast_from(x[base + i]);
                 i += step;
             }
-            let mu = cube_sum(&mut shared, sum) / f32::cast_from(len);
+            let mu = row_sum(&mut shared, sum, block) / f32::cast_from(len);
             let mut squares = f32::new(0.0);
-            i = UNIT_POS as usize;
+            i = first;
             while i < len as usize {
                 let d = f32::cast_from(x[base + i]) - mu;
                 squares += d * d;
                 i += step;
             }
-            let total = cube_sum(&mut shared, squares);
-            if UNIT_POS == 0 {
+            let total = row_sum(&mut shared, squares, block);
+            if row_writer(block) {
                 mean[row] = mu;
                 m2[row] = total;
             }
-        }
-    }
-
-    /// [`channel_stats_kernel`] with one unit per (sample, channel), for channels of few
-    /// positions (LayerNorm runs as GroupNorm over `[tokens, channels, 1]`).
-    #[cube(launch)]
-    pub(super) fn channel_stats_serial_kernel<F: Float>(
-        x: &Tensor<F>,
-        mean: &mut Tensor<f32>,
-        m2: &mut Tensor<f32>,
-        rows: u32,
-        len: u32,
-        #[define(F)] _dtype: StorageType,
-    ) {
-        let row = ABSOLUTE_POS;
-        if row < rows as usize {
-            let base = row * len as usize;
-            let mut sum = f32::new(0.0);
-            for i in 0..len as usize {
-                sum += f32::cast_from(x[base + i]);
-            }
-            let mu = sum / f32::cast_from(len);
-            let mut squares = f32::new(0.0);
-            for i in 0..len as usize {
-                let d = f32::cast_from(x[base + i]) - mu;
-                squares += d * d;
-            }
-            mean[row] = mu;
-            m2[row] = squares;
         }
     }
 
@@ -209,7 +215,7 @@ mod device {
         }
     }
 
-    /// Per (sample, channel): Σ dz and Σ dz·x̂ over positions.
+    /// Per (sample, channel): Σ dz and Σ dz·x̂ over positions (rows as [`row_and_span`]).
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_sums_kernel<F: Float>(
@@ -229,7 +235,7 @@ mod device {
         #[comptime] silu: bool,
         #[define(F)] _dtype: StorageType,
     ) {
-        let nc = CUBE_POS;
+        let (nc, first, step) = row_and_span(block);
         if nc < rows as usize {
             let c = nc % channels as usize;
             let group_row =
@@ -239,12 +245,11 @@ mod device {
             let w = weight[c];
             let b = bias[c];
             let base = nc * len as usize;
-            let step = CUBE_DIM as usize;
             let mut shared = SharedMemory::<f32>::new(block as usize);
 
             let mut s_dz = f32::new(0.0);
             let mut s_dz_normed = f32::new(0.0);
-            let mut i = UNIT_POS as usize;
+            let mut i = first;
             while i < len as usize {
                 let normed = (f32::cast_from(x[base + i]) - mu) * r;
                 let dz = pre_activation_grad(f32::cast_from(dy[base + i]), normed * w + b, silu);
@@ -252,55 +257,12 @@ mod device {
                 s_dz_normed += dz * normed;
                 i += step;
             }
-            let total_dz = cube_sum(&mut shared, s_dz);
-            let total_dz_normed = cube_sum(&mut shared, s_dz_normed);
-            if UNIT_POS == 0 {
+            let total_dz = row_sum(&mut shared, s_dz, block);
+            let total_dz_normed = row_sum(&mut shared, s_dz_normed, block);
+            if row_writer(block) {
                 sum_dz[nc] = total_dz;
                 sum_dz_normed[nc] = total_dz_normed;
             }
-        }
-    }
-
-    /// [`backward_sums_kernel`] with one unit per (sample, channel), for channels of few
-    /// positions.
-    #[cube(launch)]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn backward_sums_serial_kernel<F: Float>(
-        x: &Tensor<F>,
-        dy: &Tensor<F>,
-        weight: &Tensor<f32>,
-        bias: &Tensor<f32>,
-        mean: &Tensor<f32>,
-        rstd: &Tensor<f32>,
-        sum_dz: &mut Tensor<f32>,
-        sum_dz_normed: &mut Tensor<f32>,
-        rows: u32,
-        channels: u32,
-        channels_per_group: u32,
-        len: u32,
-        #[comptime] silu: bool,
-        #[define(F)] _dtype: StorageType,
-    ) {
-        let nc = ABSOLUTE_POS;
-        if nc < rows as usize {
-            let c = nc % channels as usize;
-            let group_row =
-                (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
-            let mu = mean[group_row];
-            let r = rstd[group_row];
-            let w = weight[c];
-            let b = bias[c];
-            let base = nc * len as usize;
-            let mut s_dz = f32::new(0.0);
-            let mut s_dz_normed = f32::new(0.0);
-            for i in 0..len as usize {
-                let normed = (f32::cast_from(x[base + i]) - mu) * r;
-                let dz = pre_activation_grad(f32::cast_from(dy[base + i]), normed * w + b, silu);
-                s_dz += dz;
-                s_dz_normed += dz * normed;
-            }
-            sum_dz[nc] = s_dz;
-            sum_dz_normed[nc] = s_dz_normed;
         }
     }
 
@@ -397,10 +359,21 @@ fn block<R: CubeRuntime>(like: &CubeTensor<R>) -> u32 {
     block
 }
 
-/// How a channel of `len` positions is reduced: by a cube of that many units (a power of two,
-/// at most [`block`]), or — below [`SERIAL_BELOW`] positions — by one unit.
-fn channel_block<R: CubeRuntime>(like: &CubeTensor<R>, len: usize) -> Option<u32> {
-    (len >= SERIAL_BELOW).then(|| (len.next_power_of_two() as u32).min(block(like)))
+/// How `rows` channels of `len` positions each are reduced: a cube of about `len` units per
+/// channel (a power of two, at most [`block`]), or — below [`SERIAL_BELOW`] positions — one unit
+/// per channel (`block` 1). Returns the launch's cube count and size, and `block`.
+fn channel_launch<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    rows: usize,
+    len: usize,
+) -> (CubeCount, CubeDim, u32) {
+    if len >= SERIAL_BELOW {
+        let block = (len.next_power_of_two() as u32).min(block(like));
+        (cubes(like, rows), CubeDim::new_1d(block), block)
+    } else {
+        let (count, dim) = elementwise(like, rows);
+        (count, dim, 1)
+    }
 }
 
 /// Cube count and size for `elements` units of element-wise work.
@@ -421,34 +394,19 @@ fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTens
     let client = x.client.clone();
     let channel_mean = empty(&x, Shape::new([n * c]), DType::F32);
     let channel_m2 = empty(&x, Shape::new([n * c]), DType::F32);
-    match channel_block(&x, l) {
-        Some(block) => device::channel_stats_kernel::launch::<R>(
-            &client,
-            cubes(&x, n * c),
-            CubeDim::new_1d(block),
-            x.clone().into_tensor_arg(),
-            channel_mean.clone().into_tensor_arg(),
-            channel_m2.clone().into_tensor_arg(),
-            (n * c) as u32,
-            l as u32,
-            block,
-            x.dtype.into(),
-        ),
-        None => {
-            let (count, dim) = elementwise(&x, n * c);
-            device::channel_stats_serial_kernel::launch::<R>(
-                &client,
-                count,
-                dim,
-                x.clone().into_tensor_arg(),
-                channel_mean.clone().into_tensor_arg(),
-                channel_m2.clone().into_tensor_arg(),
-                (n * c) as u32,
-                l as u32,
-                x.dtype.into(),
-            )
-        }
-    }
+    let (count, dim, block) = channel_launch(&x, n * c, l);
+    device::channel_stats_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        channel_mean.clone().into_tensor_arg(),
+        channel_m2.clone().into_tensor_arg(),
+        (n * c) as u32,
+        l as u32,
+        block,
+        x.dtype.into(),
+    );
     let mean = empty(&x, Shape::new([n, groups, 1]), DType::F32);
     let rstd = empty(&x, Shape::new([n, groups, 1]), DType::F32);
     let (count, dim) = elementwise(&x, n * groups);
@@ -500,50 +458,27 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
 
     let sum_dz = empty(&x, Shape::new([n, c, 1]), DType::F32);
     let sum_dz_normed = empty(&x, Shape::new([n, c, 1]), DType::F32);
-    match channel_block(&x, l) {
-        Some(block) => device::backward_sums_kernel::launch::<R>(
-            &client,
-            cubes(&x, n * c),
-            CubeDim::new_1d(block),
-            x.clone().into_tensor_arg(),
-            dy.clone().into_tensor_arg(),
-            weight.clone().into_tensor_arg(),
-            bias.clone().into_tensor_arg(),
-            mean.clone().into_tensor_arg(),
-            rstd.clone().into_tensor_arg(),
-            sum_dz.clone().into_tensor_arg(),
-            sum_dz_normed.clone().into_tensor_arg(),
-            (n * c) as u32,
-            c as u32,
-            s.per_group(),
-            l as u32,
-            block,
-            s.silu,
-            dtype.into(),
-        ),
-        None => {
-            let (count, dim) = elementwise(&x, n * c);
-            device::backward_sums_serial_kernel::launch::<R>(
-                &client,
-                count,
-                dim,
-                x.clone().into_tensor_arg(),
-                dy.clone().into_tensor_arg(),
-                weight.clone().into_tensor_arg(),
-                bias.clone().into_tensor_arg(),
-                mean.clone().into_tensor_arg(),
-                rstd.clone().into_tensor_arg(),
-                sum_dz.clone().into_tensor_arg(),
-                sum_dz_normed.clone().into_tensor_arg(),
-                (n * c) as u32,
-                c as u32,
-                s.per_group(),
-                l as u32,
-                s.silu,
-                dtype.into(),
-            )
-        }
-    }
+    let (count, dim, block) = channel_launch(&x, n * c, l);
+    device::backward_sums_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        dy.clone().into_tensor_arg(),
+        weight.clone().into_tensor_arg(),
+        bias.clone().into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        rstd.clone().into_tensor_arg(),
+        sum_dz.clone().into_tensor_arg(),
+        sum_dz_normed.clone().into_tensor_arg(),
+        (n * c) as u32,
+        c as u32,
+        s.per_group(),
+        l as u32,
+        block,
+        s.silu,
+        dtype.into(),
+    );
 
     // The per-channel sums give dβ and dγ (over the batch) and, weighted by γ, the per-group
     // means of dx̂ = γ·dz and of dx̂·x̂ that the closed form needs.
