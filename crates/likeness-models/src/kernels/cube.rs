@@ -31,8 +31,8 @@ use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::server::CubeCountSelection;
 
-use super::ToDtype;
 use super::group_norm::GroupNormOptions;
+use super::{ToDtype, float, wrap};
 
 /// Units per cube of the reduction kernels: a power of two (the tree reduction halves it).
 const BLOCK: u32 = 256;
@@ -64,6 +64,14 @@ mod device {
         // Nobody may overwrite `shared` for the next sum before every unit has read this one.
         sync_cube();
         total
+    }
+
+    /// The channel of (sample, channel) row `nc` and the (sample, group) row of its group.
+    #[cube]
+    fn channel_and_group(nc: usize, channels: u32, channels_per_group: u32) -> (usize, usize) {
+        let c = nc % channels as usize;
+        let per_group = channels_per_group as usize;
+        (c, (nc - c) / per_group + c / per_group)
     }
 
     /// `dL/dz` from `dL/dy` where `y = silu(z)` (or `y = z`).
@@ -203,9 +211,7 @@ mod device {
     ) {
         let i = ABSOLUTE_POS;
         if i < elements as usize {
-            let nc = i / len as usize;
-            let c = nc % channels as usize;
-            let row = (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
+            let (c, row) = channel_and_group(i / len as usize, channels, channels_per_group);
             let z = (f32::cast_from(x[i]) - mean[row]) * rstd[row] * weight[c] + bias[c];
             let mut out = z;
             if silu {
@@ -237,9 +243,7 @@ mod device {
     ) {
         let (nc, first, step) = row_and_span(block);
         if nc < rows as usize {
-            let c = nc % channels as usize;
-            let group_row =
-                (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
+            let (c, group_row) = channel_and_group(nc, channels, channels_per_group);
             let mu = mean[group_row];
             let r = rstd[group_row];
             let w = weight[c];
@@ -288,9 +292,7 @@ mod device {
     ) {
         let i = ABSOLUTE_POS;
         if i < elements as usize {
-            let nc = i / len as usize;
-            let c = nc % channels as usize;
-            let row = (nc - c) / channels_per_group as usize + c / channels_per_group as usize;
+            let (c, row) = channel_and_group(i / len as usize, channels, channels_per_group);
             let r = rstd[row];
             let normed = (f32::cast_from(x[i]) - mean[row]) * r;
             let w = weight[c];
@@ -668,14 +670,6 @@ impl KernelOp<6, 3> for BackwardOp {
     fn run<R: CubeRuntime>(&self, inputs: [CubeTensor<R>; 6]) -> [CubeTensor<R>; 3] {
         backward_on(inputs, self.0)
     }
-}
-
-fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
-
-fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// Forward: `(y, mean, rstd)` as [`super::group_norm::forward_burn`] returns them (`y` in `x`'s
