@@ -215,6 +215,18 @@ def ops(a, dtype):
         qg.grad = kg.grad = vg.grad = None
         F.scaled_dot_product_attention(qg, kg, vg).float().sum().backward()
     bench(f"op: attention fwd+bwd [2, 8, {seq}, 40]", attn_bwd)
+    # SD 1.5's other attentions: levels 2 and 3 (head dims 80, 160), level 1's cross-attention.
+    for n_q, n_k, d in [(seq // 4, seq // 4, 80), (seq // 16, seq // 16, 160), (seq, 77, 40)]:
+        q2, k2, v2 = (torch.randn(2, 8, n, d, device=dev, dtype=dtype) for n in (n_q, n_k, n_k))
+        with torch.no_grad():
+            bench(f"op: attention fwd [2, 8, {n_q}×{n_k}, {d}]",
+                  lambda: F.scaled_dot_product_attention(q2, k2, v2).float().sum().item())
+        q2g, k2g, v2g = (t.clone().requires_grad_(True) for t in (q2, k2, v2))
+
+        def attn2_bwd():
+            q2g.grad = k2g.grad = v2g.grad = None
+            F.scaled_dot_product_attention(q2g, k2g, v2g).float().sum().backward()
+        bench(f"op: attention fwd+bwd [2, 8, {n_q}×{n_k}, {d}]", attn2_bwd)
     w = torch.randn(320, 320, 3, 3, device=dev, dtype=dtype) * 0.02
     with torch.no_grad():
         bench(f"op: conv3x3 320→320 fwd [2, 320, {lat}, {lat}]",

@@ -118,7 +118,8 @@ LU="env LIKENESS_FUSION=0 $L"
 # Likeness' own attention and GroupNorm autodiff ops off (`LIKENESS_KERNELS=0`): Burn's ops
 # differentiated one by one, for the side-by-side of that change.
 LK="env LIKENESS_KERNELS=0 $L"
-# The same autodiff ops with Burn's tensor ops inside instead of Likeness' CubeCL GroupNorm kernels.
+# The same autodiff ops with Burn's tensor ops inside instead of Likeness' CubeCL kernels
+# (GroupNorm and, since session 7, flash attention forward and backward).
 LC="env LIKENESS_CUBE_KERNELS=0 $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
@@ -128,6 +129,7 @@ item tune-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only all --ite
 item tune-db-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only db-step --iters 0
 item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
 item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
+item ops-bf16 150 likeness-nocube $LC --precision bf16 --only ops --iters 5
 item infer-bf16 90 diffusers $P --precision bf16 --iters 5 --profile
 item infer-bf16 150 likeness $L --precision bf16 --iters 5
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 3 --profile

@@ -340,8 +340,9 @@ fn ops<B: Backend>(
     let seq = lat * lat;
     let q = Tensor::<AB<B>, 4>::random([2, 8, seq, 40], normal, device);
     let (k, v) = (q.clone() * 0.5, q.clone() * 0.25);
-    // Likeness' attention (the backend's kernel forward, its own backward) and, for
-    // comparison, Burn's attention as Autodiff differentiates it (materialised, op by op).
+    // Likeness' attention (its CubeCL flash kernels both ways on CUDA/wgpu; on the CPU the
+    // backend's forward and a blocked backward) and, for comparison, Burn's attention as Autodiff
+    // differentiates it (materialised, op by op).
     let attend = |q: Tensor<AB<B>, 4>, k: Tensor<AB<B>, 4>, v: Tensor<AB<B>, 4>| {
         likeness_models::kernels::attention::attention(q, k, v, false)
     };
@@ -374,6 +375,30 @@ fn ops<B: Backend>(
             let _ = qg.grad(&g).map(|t| t.sum().into_data());
         },
     );
+    // SD 1.5's other attentions: the second and third levels (head dims 80 and 160) and the
+    // first level's cross-attention to the 77 text tokens.
+    for (n_q, n_k, d) in [
+        (seq / 4, seq / 4, 80),
+        (seq / 16, seq / 16, 160),
+        (seq, 77, 40),
+    ] {
+        let input = |n: usize| Tensor::<AB<B>, 4>::random([2, 8, n, d], normal, device);
+        let (q, k, v) = (input(n_q), input(n_k), input(n_k));
+        bench(
+            &format!("op: attention fwd [2, 8, {n_q}×{n_k}, {d}]"),
+            &mut || {
+                let _ = attend(q.clone(), k.clone(), v.clone()).sum().into_data();
+            },
+        );
+        let (qg, kg, vg) = (q.require_grad(), k.require_grad(), v.require_grad());
+        bench(
+            &format!("op: attention fwd+bwd [2, 8, {n_q}×{n_k}, {d}]"),
+            &mut || {
+                let g = attend(qg.clone(), kg.clone(), vg.clone()).sum().backward();
+                let _ = qg.grad(&g).map(|t| t.sum().into_data());
+            },
+        );
+    }
     // 3×3 convolution 320 → 320 at the first level.
     let w = Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02;
     let conv = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {

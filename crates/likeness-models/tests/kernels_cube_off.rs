@@ -1,4 +1,4 @@
-//! `LIKENESS_CUBE_KERNELS=0` turns the CubeCL GroupNorm kernels off (its own test process: the
+//! `LIKENESS_CUBE_KERNELS=0` turns the CubeCL GroupNorm and attention kernels off (its own test process: the
 //! switch is read once).
 #![cfg(feature = "wgpu")]
 
@@ -8,7 +8,7 @@ use likeness_models::kernels::cube;
 use likeness_models::kernels::group_norm::{self, GroupNormOptions};
 
 #[test]
-fn the_switch_sends_group_norm_back_to_burns_ops() {
+fn the_switch_sends_group_norm_and_attention_back_to_burns_ops() {
     if std::env::var_os("LIKENESS_SKIP_WGPU").is_some() {
         eprintln!("LIKENESS_SKIP_WGPU set: skipping");
         return;
@@ -36,4 +36,15 @@ fn the_switch_sends_group_norm_back_to_burns_ops() {
     for (got, want) in [(y, y_ref), (mean, mean_ref), (rstd, rstd_ref)] {
         assert_eq!(got.into_data(), want.into_data());
     }
+    // Attention goes back to Burn's: bit for bit the same as calling it directly.
+    let q = Tensor::<W, 4>::random([1, 2, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+    assert!(cube::attention::forward(&q, &q, &q, false).is_none());
+    let got = likeness_models::kernels::attention::attention(q.clone(), q.clone(), q.clone(), true);
+    let options = burn::tensor::ops::AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: true,
+    };
+    let want = burn::tensor::module::attention(q.clone(), q.clone(), q, None, None, options);
+    assert_eq!(got.into_data(), want.into_data());
 }

@@ -5,10 +5,13 @@
 //! inputs (one score-sized tensor per op, kept until the backward), and the inner backend's flash
 //! attention kernel never runs while training. Here attention is one autodiff op instead:
 //!
-//! - forward: the inner backend's own `attention` (CubeCL's autotuned flash attention on CUDA and
-//!   wgpu), saving only q, k, v and the output;
-//! - backward: the scores are recomputed in blocks of query rows small enough to bound memory,
-//!   softmax in f32, and the gradients follow the flash-attention identities
+//! - on CUDA and wgpu, Likeness' flash-attention kernels ([`super::cube::attention`]) both ways:
+//!   the forward saves q, k, v, the output and the rows' log-sum-exp, the backward never writes a
+//!   score matrix (also the inference forward there, without autotuning);
+//! - elsewhere (Flex, or where the kernels do not apply or are switched off): forward by the inner
+//!   backend's own `attention`, saving q, k, v and the output; backward with the scores recomputed
+//!   in blocks of query rows small enough to bound memory, softmax in f32, and the gradients
+//!   following the flash-attention identities
 //!   `dV = Pᵀ·dO`, `dS = P ∘ (dO·Vᵀ − rowsum(dO ∘ O))`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`.
 //!
 //! Which backends take this path: see the [module](super) notes.
@@ -46,6 +49,7 @@ pub fn attention<B: Backend>(
     };
     let fused = if super::enabled() {
         dispatch::<B>(&q, &k, &v, options)
+            .or_else(|| kernel_forward(&q, &k, &v, causal).map(|r| r.0))
     } else {
         None
     };
@@ -92,25 +96,67 @@ fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
 #[derive(Debug)]
 struct FusedAttention;
 
+/// The CubeCL kernels' forward (output, log-sum-exp), where they apply.
+fn kernel_forward<I: Backend>(
+    q: &Tensor<I, 4>,
+    k: &Tensor<I, 4>,
+    v: &Tensor<I, 4>,
+    causal: bool,
+) -> Option<(Tensor<I, 4>, Tensor<I, 3>)> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::attention::forward(q, k, v, causal);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = (q, k, v, causal);
+        None
+    }
+}
+
+/// The CubeCL kernels' backward, given the forward's log-sum-exp.
+fn kernel_backward<I: Backend>(
+    qkv: [&Tensor<I, 4>; 3],
+    out: &Tensor<I, 4>,
+    lse: &Tensor<I, 3>,
+    grad: &Tensor<I, 4>,
+    causal: bool,
+) -> Option<[Tensor<I, 4>; 3]> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::attention::backward(qkv, out, lse, grad, causal);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = (qkv, out, lse, grad, causal);
+        None
+    }
+}
+
+/// What the backward keeps: q, k, v (checkpointed), the output, the kernels' log-sum-exp when
+/// they ran the forward, and whether the attention is causal.
+type SavedState<I> = (
+    NodeId,
+    NodeId,
+    NodeId,
+    FloatTensor<I>,
+    Option<FloatTensor<I>>,
+    bool,
+);
+
 impl<I: Backend> Backward<I, 3> for FusedAttention {
-    type State = (NodeId, NodeId, NodeId, FloatTensor<I>, bool);
+    type State = SavedState<I>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
         let [node_q, node_k, node_v] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
-        let (q_state, k_state, v_state, out, causal) = ops.state;
+        let (q_state, k_state, v_state, out, lse, causal) = ops.state;
         let q = wrap::<I, 4>(cp.retrieve_node_output(q_state));
         let k = wrap::<I, 4>(cp.retrieve_node_output(k_state));
         let v = wrap::<I, 4>(cp.retrieve_node_output(v_state));
-        let [dq, dk, dv] = backward(
-            q,
-            k,
-            v,
-            wrap(out),
-            wrap(grad),
-            causal,
-            BACKWARD_BLOCK_ELEMENTS,
-        );
+        let (out, grad) = (wrap::<I, 4>(out), wrap::<I, 4>(grad));
+        let kernels =
+            lse.and_then(|lse| kernel_backward([&q, &k, &v], &out, &wrap(lse), &grad, causal));
+        let [dq, dk, dv] = match kernels {
+            Some(grads) => grads,
+            None => backward(q, k, v, out, grad, causal, BACKWARD_BLOCK_ELEMENTS),
+        };
         if let Some(node) = node_q {
             grads.register::<I>(node.id, float(dq));
         }
@@ -138,20 +184,41 @@ fn fused<I: Backend, C: CheckpointStrategy>(
             let q_state = prep.checkpoint(&q);
             let k_state = prep.checkpoint(&k);
             let v_state = prep.checkpoint(&v);
-            let out = I::attention(q.primitive, k.primitive, v.primitive, None, None, options);
+            let (out, lse) = inner_forward::<I>(q.primitive, k.primitive, v.primitive, options);
             prep.finish(
-                (q_state, k_state, v_state, out.clone(), options.is_causal),
+                (
+                    q_state,
+                    k_state,
+                    v_state,
+                    out.clone(),
+                    lse,
+                    options.is_causal,
+                ),
                 out,
             )
         }
-        OpsKind::UnTracked(prep) => prep.finish(I::attention(
-            q.primitive,
-            k.primitive,
-            v.primitive,
+        OpsKind::UnTracked(prep) => {
+            let (out, _) = inner_forward::<I>(q.primitive, k.primitive, v.primitive, options);
+            prep.finish(out)
+        }
+    }
+}
+
+/// The forward on the inner backend: the kernels' (with the log-sum-exp) where they apply, else
+/// the backend's own attention.
+fn inner_forward<I: Backend>(
+    q: FloatTensor<I>,
+    k: FloatTensor<I>,
+    v: FloatTensor<I>,
+    options: AttentionModuleOptions,
+) -> (FloatTensor<I>, Option<FloatTensor<I>>) {
+    let (qt, kt, vt) = (wrap::<I, 4>(q), wrap::<I, 4>(k), wrap::<I, 4>(v));
+    match kernel_forward(&qt, &kt, &vt, options.is_causal) {
+        Some((out, lse)) => (float(out), Some(float(lse))),
+        None => (
+            I::attention(float(qt), float(kt), float(vt), None, None, options),
             None,
-            None,
-            options,
-        )),
+        ),
     }
 }
 

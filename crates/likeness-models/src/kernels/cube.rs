@@ -1,4 +1,5 @@
-//! CubeCL kernels for GroupNorm (+SiLU), shared by the CUDA and wgpu backends.
+//! CubeCL kernels shared by the CUDA and wgpu backends: GroupNorm (+SiLU) here, flash attention
+//! in [`attention`].
 //!
 //! Burn's tensor ops run a GroupNorm as a chain of reductions and element-wise passes, each
 //! reading and writing an activation-sized tensor (and, before the op's own backward, each kept
@@ -30,6 +31,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::server::CubeCountSelection;
+
+pub mod attention;
 
 use super::group_norm::GroupNormOptions;
 use super::{ToDtype, float, wrap};

@@ -1,0 +1,264 @@
+//! Likeness' CubeCL flash-attention kernels (`kernels::cube::attention`) on wgpu (in CI Mesa's CPU
+//! Vulkan driver, lavapipe) against attention written out in Burn's tensor ops —
+//! `softmax(s·q·kᵀ [causal])·v` — on the CPU backend, forward and (through autodiff) backward.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, TensorData};
+use common::assert_close;
+use likeness_models::kernels::attention::attention;
+use likeness_models::kernels::cube;
+
+type W = burn::backend::Wgpu<f32>;
+type F = burn::backend::Flex;
+
+fn skip() -> bool {
+    let skip = std::env::var_os("LIKENESS_SKIP_WGPU").is_some();
+    if skip {
+        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
+    }
+    skip
+}
+
+/// Reproducible `scale·N(0, 1)` values as plain numbers, the same for both backends.
+fn numbers(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| {
+            let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+            scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        })
+        .collect()
+}
+
+fn tensor<A: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<A, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+}
+
+fn values<A: Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+/// `[b, h, n_q, n_k, d]`, causal, and the spread of q and k (large spreads: peaked softmaxes,
+/// where an online softmax without its running maximum would overflow). Between them: one cube
+/// of rows and several, rows past the last full cube, fewer keys than a tile and several tiles,
+/// the causal mask on a square (CLIP's text tower) and with fewer queries than keys, head sizes
+/// from the world's 8 to SD's 40, 64, 80 and 160, and rows of 3000 keys (a unit's loops over
+/// them and their head dimension run ~2·10⁵ iterations unless the latter are unrolled: lavapipe
+/// silently stops a shader's loops after 65 535 iterations, measured here).
+const CASES: [([usize; 5], bool, f32); 9] = [
+    ([1, 2, 77, 77, 8], true, 1.0),
+    ([2, 2, 64, 64, 40], false, 1.0),
+    ([1, 2, 100, 13, 16], false, 2.0),
+    ([1, 1, 5, 9, 64], true, 1.0),
+    ([1, 1, 70, 40, 160], false, 0.7),
+    ([2, 1, 33, 70, 80], true, 1.5),
+    ([1, 3, 17, 300, 24], false, 4.0),
+    ([1, 1, 1, 1, 40], false, 1.0),
+    ([1, 1, 4, 3000, 40], false, 1.0),
+];
+
+struct Inputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    up: Vec<f32>,
+}
+
+fn inputs(case: ([usize; 5], bool, f32), seed: u64) -> Inputs {
+    let ([b, h, n_q, n_k, d], _, spread) = case;
+    Inputs {
+        q: numbers(b * h * n_q * d, seed, spread),
+        k: numbers(b * h * n_k * d, seed + 1, spread),
+        v: numbers(b * h * n_k * d, seed + 2, 1.0),
+        up: numbers(b * h * n_q * d, seed + 3, 1.0),
+    }
+}
+
+/// Attention in Burn's tensor ops, the causal mask bottom-right aligned (query `i` sees keys
+/// `j ≤ i + n_k − n_q`). Returns the output and the rows' log-sum-exp of the scaled scores.
+fn reference<A: Backend>(
+    q: Tensor<A, 4>,
+    k: Tensor<A, 4>,
+    v: Tensor<A, 4>,
+    causal: bool,
+) -> (Tensor<A, 4>, Tensor<A, 3>) {
+    let [b, h, n_q, d] = q.dims();
+    let n_k = k.dims()[2];
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    if causal {
+        let device = scores.device();
+        let rows = Tensor::<A, 1, Int>::arange(0..n_q as i64, &device)
+            .reshape([n_q, 1])
+            .add_scalar(n_k as i64 - n_q as i64);
+        let cols = Tensor::<A, 1, Int>::arange(0..n_k as i64, &device).reshape([1, n_k]);
+        let mask = rows.lower(cols).reshape([1, 1, n_q, n_k]);
+        scores = scores.mask_fill(mask.expand([b, h, n_q, n_k]), f32::NEG_INFINITY);
+    }
+    let max = scores.clone().max_dim(3);
+    let lse = (scores.clone() - max.clone()).exp().sum_dim(3).log() + max;
+    (softmax(scores, 3).matmul(v), lse.reshape([b, h, n_q]))
+}
+
+/// The kernels' forward on wgpu: output and log-sum-exp as the reference's on the CPU.
+#[test]
+fn the_forward_kernel_matches_attention_in_tensor_ops() {
+    if skip() {
+        return;
+    }
+    assert!(cube::applies::<W>());
+    for (i, case) in CASES.into_iter().enumerate() {
+        let ([b, h, n_q, n_k, d], causal, _) = case;
+        let x = inputs(case, 10 * i as u64);
+        let (qs, ks) = ([b, h, n_q, d], [b, h, n_k, d]);
+        let (out, lse) = cube::attention::forward(
+            &tensor::<W, 4>(&x.q, qs),
+            &tensor::<W, 4>(&x.k, ks),
+            &tensor::<W, 4>(&x.v, ks),
+            causal,
+        )
+        .expect("the kernels take these sizes");
+        let (out_ref, lse_ref) = reference(
+            tensor::<F, 4>(&x.q, qs),
+            tensor::<F, 4>(&x.k, ks),
+            tensor::<F, 4>(&x.v, ks),
+            causal,
+        );
+        assert_close(&format!("out {case:?}"), &values(out), &values(out_ref));
+        assert_close(&format!("lse {case:?}"), &values(lse), &values(lse_ref));
+    }
+}
+
+/// Output and gradients of `Σ up ∘ attention(q, k, v)` with respect to q, k and v.
+fn grads<A: AutodiffBackend>(
+    case: ([usize; 5], bool, f32),
+    x: &Inputs,
+    ours: bool,
+) -> [Vec<f32>; 4] {
+    let ([b, h, n_q, n_k, d], causal, _) = case;
+    let (qs, ks) = ([b, h, n_q, d], [b, h, n_k, d]);
+    let q = tensor::<A, 4>(&x.q, qs).require_grad();
+    let k = tensor::<A, 4>(&x.k, ks).require_grad();
+    let v = tensor::<A, 4>(&x.v, ks).require_grad();
+    let out = if ours {
+        attention(q.clone(), k.clone(), v.clone(), causal)
+    } else {
+        reference(q.clone(), k.clone(), v.clone(), causal).0
+    };
+    let g = (out.clone() * tensor::<A, 4>(&x.up, qs)).sum().backward();
+    [
+        values(out.inner()),
+        values(q.grad(&g).expect("dq")),
+        values(k.grad(&g).expect("dk")),
+        values(v.grad(&g).expect("dv")),
+    ]
+}
+
+/// Training on wgpu (Likeness' autodiff attention, the kernels both ways) against Burn's
+/// op-by-op autodiff of the tensor-op attention on the CPU: output and every gradient.
+#[test]
+fn training_on_wgpu_matches_burns_autodiff_on_the_cpu() {
+    if skip() {
+        return;
+    }
+    for (i, case) in CASES.into_iter().enumerate() {
+        let x = inputs(case, 7 + 10 * i as u64);
+        let want = grads::<Autodiff<F>>(case, &x, false);
+        let got = grads::<Autodiff<W>>(case, &x, true);
+        for (k, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+            assert_close(&format!("{name} {case:?}"), &got[k], &want[k]);
+        }
+    }
+}
+
+/// Inference on the plain wgpu backend (no autodiff): the forward kernel, the reference's numbers.
+#[test]
+fn inference_on_wgpu_runs_the_forward_kernel() {
+    if skip() {
+        return;
+    }
+    let case = CASES[5];
+    let ([b, h, n_q, n_k, d], causal, _) = case;
+    let x = inputs(case, 3);
+    let (qs, ks) = ([b, h, n_q, d], [b, h, n_k, d]);
+    let got = attention(
+        tensor::<W, 4>(&x.q, qs),
+        tensor::<W, 4>(&x.k, ks),
+        tensor::<W, 4>(&x.v, ks),
+        causal,
+    );
+    let (want, _) = reference(
+        tensor::<F, 4>(&x.q, qs),
+        tensor::<F, 4>(&x.k, ks),
+        tensor::<F, 4>(&x.v, ks),
+        causal,
+    );
+    assert_close("inference", &values(got), &values(want));
+}
+
+/// Sizes the kernels leave to Burn: a head dimension above their limit, keys and values of
+/// different lengths, mixed dtypes.
+#[test]
+fn unsuited_sizes_fall_back() {
+    if skip() {
+        return;
+    }
+    let device = Default::default();
+    let big = cube::attention::MAX_HEAD_DIM + 8;
+    let q = Tensor::<W, 4>::zeros([1, 1, 3, big], &device);
+    assert!(cube::attention::forward(&q, &q, &q, false).is_none());
+    let q = Tensor::<W, 4>::zeros([1, 1, 3, 8], &device);
+    let v = Tensor::<W, 4>::zeros([1, 1, 4, 8], &device);
+    assert!(cube::attention::forward(&q, &q, &v, false).is_none());
+    if W::supports_dtype(&device, DType::F16) {
+        assert!(cube::attention::forward(&q, &q, &q.clone().cast(DType::F16), false).is_none());
+    }
+    assert!(cube::attention::forward(&q, &q, &q, false).is_some());
+}
+
+/// In half precision (where the adapter has it) the kernels follow the f32 kernels: sums in f32
+/// inside, the output and gradients in f16.
+#[test]
+fn half_precision_follows_f32() {
+    if skip() {
+        return;
+    }
+    let device = Default::default();
+    if !W::supports_dtype(&device, DType::F16) {
+        eprintln!("this adapter has no f16: skipping");
+        return;
+    }
+    let case = CASES[1];
+    let ([b, h, n_q, n_k, d], causal, _) = case;
+    let x = inputs(case, 11);
+    let (qs, ks) = ([b, h, n_q, d], [b, h, n_k, d]);
+    let run = |dtype: DType| {
+        let t = |v: &[f32], s| tensor::<W, 4>(v, s).cast(dtype);
+        let (q, k, v, up) = (t(&x.q, qs), t(&x.k, ks), t(&x.v, ks), t(&x.up, qs));
+        let (out, lse) = cube::attention::forward(&q, &k, &v, causal).expect("forward");
+        assert_eq!(out.dtype(), dtype);
+        assert_eq!(lse.dtype(), DType::F32);
+        let grads =
+            cube::attention::backward([&q, &k, &v], &out, &lse, &up, causal).expect("backward");
+        std::iter::once(out)
+            .chain(grads)
+            .map(|t| {
+                assert_eq!(t.dtype(), dtype);
+                values(t.cast(DType::F32))
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = run(DType::F32);
+    let got = run(DType::F16);
+    for (k, name) in ["out", "dq", "dk", "dv"].iter().enumerate() {
+        let e = common::rel_err(&got[k], &want[k]);
+        println!("{name} f16 vs f32: relative error {e:.3e}");
+        assert!(e > 0.0 && e < 1e-2, "{name}: f16 relative error {e:.3e}");
+    }
+}
