@@ -41,6 +41,12 @@ pub const MAX_HEAD_DIM: usize = 256;
 mod device {
     use cubecl::prelude::*;
 
+    /// Head dimensions up to this have their loops unrolled: a row's numbers stay in registers on
+    /// a GPU, and a key costs one loop iteration (lavapipe ends a shader's loops after 65 535
+    /// iterations, all loops counted together). Unrolled at 160, lavapipe's compiler overflows its
+    /// thread's stack.
+    const UNROLL_UP_TO: u32 = 128;
+
     /// Keys that query row `i` sees: all `n_k`, or under the causal mask `i + n_k − n_q + 1`
     /// (clamped to `[0, n_k]`).
     #[cube]
@@ -101,7 +107,7 @@ mod device {
         #[comptime] d: u32,
     ) -> Array<f32> {
         let mut out = Array::<f32>::new(d as usize);
-        #[unroll(d <= 128)]
+        #[unroll(d <= UNROLL_UP_TO)]
         for c in 0..d as usize {
             let mut value = f32::new(0.0);
             if valid {
@@ -116,7 +122,7 @@ mod device {
     #[cube]
     fn dot(a: &Array<f32>, shared: &SharedMemory<f32>, offset: usize, #[comptime] d: u32) -> f32 {
         let mut sum = f32::new(0.0);
-        #[unroll(d <= 128)]
+        #[unroll(d <= UNROLL_UP_TO)]
         for c in 0..d as usize {
             sum += a[c] * shared[offset + c];
         }
@@ -132,7 +138,7 @@ mod device {
         offset: usize,
         #[comptime] d: u32,
     ) {
-        #[unroll(d <= 128)]
+        #[unroll(d <= UNROLL_UP_TO)]
         for c in 0..d as usize {
             acc[c] += weight * shared[offset + c];
         }
@@ -187,7 +193,7 @@ mod device {
             let kv_base = bh * nk * dim;
             let qr = load_row::<F>(q, q_base, i, scale, valid, d);
             let mut acc = Array::<f32>::new(d as usize);
-            #[unroll(d <= 128)]
+            #[unroll(d <= UNROLL_UP_TO)]
             for c in 0..d as usize {
                 acc[c] = f32::new(0.0);
             }
@@ -212,7 +218,7 @@ mod device {
                     }
                     let correction = (m - m_new).exp();
                     l *= correction;
-                    #[unroll(d <= 128)]
+                    #[unroll(d <= UNROLL_UP_TO)]
                     for c in 0..d as usize {
                         acc[c] *= correction;
                     }
@@ -234,7 +240,7 @@ mod device {
                     inverse = f32::new(1.0) / l;
                     row_lse = m + l.ln();
                 }
-                #[unroll(d <= 128)]
+                #[unroll(d <= UNROLL_UP_TO)]
                 for c in 0..d as usize {
                     out[q_base + i * dim + c] = F::cast_from(acc[c] * inverse);
                 }
@@ -257,7 +263,7 @@ mod device {
         if row < rows as usize {
             let base = row * d as usize;
             let mut sum = f32::new(0.0);
-            #[unroll(d <= 128)]
+            #[unroll(d <= UNROLL_UP_TO)]
             for c in 0..d as usize {
                 sum += f32::cast_from(out[base + c]) * f32::cast_from(grad[base + c]);
             }
@@ -298,7 +304,7 @@ mod device {
             let vr = load_row::<F>(v, kv_base, j, f32::new(1.0), valid, d);
             let mut dkr = Array::<f32>::new(d as usize);
             let mut dvr = Array::<f32>::new(d as usize);
-            #[unroll(d <= 128)]
+            #[unroll(d <= UNROLL_UP_TO)]
             for c in 0..d as usize {
                 dkr[c] = f32::new(0.0);
                 dvr[c] = f32::new(0.0);
@@ -347,7 +353,7 @@ mod device {
             }
             if valid {
                 let base = kv_base + j * dim;
-                #[unroll(d <= 128)]
+                #[unroll(d <= UNROLL_UP_TO)]
                 for c in 0..d as usize {
                     dk[base + c] = F::cast_from(dkr[c] * scale);
                     dv[base + c] = F::cast_from(dvr[c]);
@@ -397,7 +403,7 @@ mod device {
             let qr = load_row::<F>(q, q_base, i, scale, valid, d);
             let gr = load_row::<F>(grad, q_base, i, f32::new(1.0), valid, d);
             let mut dqr = Array::<f32>::new(d as usize);
-            #[unroll(d <= 128)]
+            #[unroll(d <= UNROLL_UP_TO)]
             for c in 0..d as usize {
                 dqr[c] = f32::new(0.0);
             }
@@ -420,7 +426,7 @@ mod device {
                 start += tile as usize;
             }
             if valid {
-                #[unroll(d <= 128)]
+                #[unroll(d <= UNROLL_UP_TO)]
                 for c in 0..d as usize {
                     dq[q_base + i * dim + c] = F::cast_from(dqr[c] * scale);
                 }
@@ -683,14 +689,4 @@ pub fn backward<I: Backend>(
         dk.reshape([b, h, s.n_k, d]),
         dv.reshape([b, h, s.n_k, d]),
     ])
-}
-
-/// The forward's output alone, for inference.
-pub fn infer<I: Backend>(
-    q: &Tensor<I, 4>,
-    k: &Tensor<I, 4>,
-    v: &Tensor<I, 4>,
-    causal: bool,
-) -> Option<Tensor<I, 4>> {
-    forward(q, k, v, causal).map(|(out, _)| out)
 }
