@@ -49,10 +49,11 @@ fn values<A: Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
 /// where an online softmax without its running maximum would overflow). Between them: one cube
 /// of rows and several, rows past the last full cube, fewer keys than a tile and several tiles,
 /// the causal mask on a square (CLIP's text tower) and with fewer queries than keys, head sizes
-/// from the world's 8 to SD's 40, 64, 80 and 160, and rows of 3000 keys (a unit's loops over
+/// from the world's 8 to SD's 40, 64, 80 and 160, several cubes of two rows per unit (the forward
+/// at head dims up to 64) under a causal mask, and rows of 3000 keys (a unit's loops over
 /// them and their head dimension run ~2·10⁵ iterations unless the latter are unrolled: lavapipe
 /// silently stops a shader's loops after 65 535 iterations, measured here).
-const CASES: [([usize; 5], bool, f32); 9] = [
+const CASES: [([usize; 5], bool, f32); 10] = [
     ([1, 2, 77, 77, 8], true, 1.0),
     ([2, 2, 64, 64, 40], false, 1.0),
     ([1, 2, 100, 13, 16], false, 2.0),
@@ -62,6 +63,7 @@ const CASES: [([usize; 5], bool, f32); 9] = [
     ([1, 3, 17, 300, 24], false, 4.0),
     ([1, 1, 1, 1, 40], false, 1.0),
     ([1, 1, 4, 3000, 40], false, 1.0),
+    ([1, 2, 200, 210, 32], true, 1.0),
 ];
 
 struct Inputs {

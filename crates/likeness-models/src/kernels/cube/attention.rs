@@ -3,9 +3,10 @@
 //! `out = softmax(s·q·kᵀ [causal])·v` over `[batch, heads, tokens, head_dim]`, without ever
 //! writing a score matrix:
 //!
-//! - forward: a cube per block of query rows, a unit per row; keys and values pass through shared
-//!   memory a tile at a time and each unit keeps its row's running maximum, softmax denominator
-//!   and output accumulator (the online softmax); it writes the output and the row's
+//! - forward: a cube per block of query rows, two rows per unit up to head dim 64 (each key
+//!   element read from shared memory then feeds two multiply-adds), else one; keys and values pass
+//!   through shared memory a tile at a time and each unit keeps its rows' running maxima, softmax
+//!   denominators and output accumulators (the online softmax); it writes the output and the rows'
 //!   log-sum-exp `L = m + ln Σ exp(s − m)`, which is all the backward needs of the forward;
 //! - backward: `Δ = rowsum(dO ∘ O)` (one unit per row), then a cube per block of *key* rows
 //!   accumulates `dV = Σᵢ pᵢⱼ·dOᵢ` and `dK = s·Σᵢ dSᵢⱼ·qᵢ` while query rows pass through shared
@@ -31,7 +32,8 @@ use cubecl::prelude::CubeDim;
 use super::{Apply, KernelOp, cubes, elementwise, empty, enabled};
 use crate::kernels::{ToDtype, float, wrap};
 
-/// Rows (query rows forward and for dQ, key rows for dK/dV) per cube: one unit each.
+/// Units per cube of the row kernels (one query row each for dQ, one key row for dK/dV, one or
+/// two query rows forward).
 const ROWS: u32 = 64;
 /// f32 elements of one shared-memory tile (`tile` rows of `head_dim`): 8 KiB.
 const TILE_ELEMENTS: usize = 2048;
@@ -144,22 +146,25 @@ mod device {
         }
     }
 
-    /// A cube per (batch·head, block of `CUBE_DIM` rows): the batch·head and the block's first
-    /// row; `None`-like (`heads`) past the last block.
+    /// A cube per (batch·head, block of `CUBE_DIM · group` rows): the batch·head and the block's
+    /// first row; `None`-like (`heads`) past the last block.
     #[cube]
-    fn block_of(heads: u32, rows: u32) -> (usize, usize) {
-        let blocks = rows.div_ceil(CUBE_DIM) as usize;
+    fn block_of(heads: u32, rows: u32, #[comptime] group: u32) -> (usize, usize) {
+        let span = CUBE_DIM * group;
+        let blocks = rows.div_ceil(span) as usize;
         let cube = CUBE_POS;
         let mut bh = heads as usize;
         let mut first = 0;
         if cube < heads as usize * blocks {
             bh = cube / blocks;
-            first = (cube % blocks) * CUBE_DIM as usize;
+            first = (cube % blocks) * span as usize;
         }
         (bh, first)
     }
 
-    /// Forward: `out` and the rows' log-sum-exp `lse` (of the scaled scores, `[bh, n_q]`).
+    /// Forward: `out` and the rows' log-sum-exp `lse` (of the scaled scores, `[bh, n_q]`). Each
+    /// unit takes `group` query rows (`CUBE_DIM` apart), so that every key element read from
+    /// shared memory feeds `group` multiply-adds.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_kernel<F: Float>(
@@ -174,77 +179,129 @@ mod device {
         scale: f32,
         #[comptime] d: u32,
         #[comptime] tile: u32,
+        #[comptime] group: u32,
         #[comptime] causal: bool,
         #[define(F)] _dtype: StorageType,
     ) {
-        let (bh, first_row) = block_of(heads, n_q);
+        let (bh, first_row) = block_of(heads, n_q, group);
         // Uniform per cube, so the barriers below are reached by all of its units or none.
         if bh < heads as usize {
             let (nq, nk, dim) = (n_q as usize, n_k as usize, d as usize);
-            let i = first_row + UNIT_POS as usize;
-            let valid = i < nq;
-            let last_row = min(first_row + CUBE_DIM as usize, nq) - 1;
+            let span = (CUBE_DIM * group) as usize;
+            let last_row = min(first_row + span, nq) - 1;
             let key_end = visible_keys(last_row, nq, nk, causal);
-            let mut mine = 0;
-            if valid {
-                mine = visible_keys(i, nq, nk, causal);
-            }
             let q_base = bh * nq * dim;
             let kv_base = bh * nk * dim;
-            let qr = load_row::<F>(q, q_base, i, scale, valid, d);
-            let mut acc = Array::<f32>::new(d as usize);
-            #[unroll(d <= UNROLL_UP_TO)]
-            for c in 0..d as usize {
-                acc[c] = f32::new(0.0);
+            // Per row of this unit: its keys, scaled query, accumulator, running max and sum.
+            let mut mine = Array::<u32>::new(group as usize);
+            let mut qr = Array::<f32>::new((group * d) as usize);
+            let mut acc = Array::<f32>::new((group * d) as usize);
+            let mut m = Array::<f32>::new(group as usize);
+            let mut l = Array::<f32>::new(group as usize);
+            let mut m_new = Array::<f32>::new(group as usize);
+            let mut s = Array::<f32>::new(group as usize);
+            #[unroll]
+            for r in 0..group as usize {
+                let i = first_row + UNIT_POS as usize + r * CUBE_DIM as usize;
+                let valid = i < nq;
+                let mut keys_seen = 0;
+                if valid {
+                    keys_seen = visible_keys(i, nq, nk, causal);
+                }
+                mine[r] = keys_seen as u32;
+                let row = load_row::<F>(q, q_base, i, scale, valid, d);
+                #[unroll(d <= UNROLL_UP_TO)]
+                for c in 0..d as usize {
+                    qr[r * dim + c] = row[c];
+                    acc[r * dim + c] = f32::new(0.0);
+                }
+                // Finite, so that exp(m_old − m_new) is 1, not NaN, while a row has seen no key.
+                m[r] = f32::new(-3.0e38);
+                l[r] = f32::new(0.0);
             }
-            let mut scores = Array::<f32>::new(tile as usize);
+            let mut scores = Array::<f32>::new((group * tile) as usize);
             let mut keys = SharedMemory::<f32>::new((tile * d) as usize);
             let mut values = SharedMemory::<f32>::new((tile * d) as usize);
-            // Finite, so that exp(m_old − m_new) is 1, not NaN, while a row has seen no key.
-            let mut m = f32::new(-3.0e38);
-            let mut l = f32::new(0.0);
             let mut start = 0;
             while start < key_end {
                 load_tile::<F>(k, &mut keys, kv_base, start, nk, tile, d);
                 load_tile::<F>(v, &mut values, kv_base, start, nk, tile, d);
                 sync_cube();
-                if mine > start {
-                    let count = min(mine - start, tile as usize);
-                    let mut m_new = m;
-                    for jj in 0..count {
-                        let s = dot(&qr, &keys, jj * dim, d);
-                        scores[jj] = s;
-                        m_new = max(m_new, s);
+                let count = min(key_end - start, tile as usize);
+                #[unroll]
+                for r in 0..group as usize {
+                    m_new[r] = m[r];
+                }
+                for jj in 0..count {
+                    #[unroll]
+                    for r in 0..group as usize {
+                        s[r] = f32::new(0.0);
                     }
-                    let correction = (m - m_new).exp();
-                    l *= correction;
                     #[unroll(d <= UNROLL_UP_TO)]
                     for c in 0..d as usize {
-                        acc[c] *= correction;
+                        let key = keys[jj * dim + c];
+                        #[unroll]
+                        for r in 0..group as usize {
+                            s[r] += qr[r * dim + c] * key;
+                        }
                     }
-                    for jj in 0..count {
-                        let p = (scores[jj] - m_new).exp();
-                        l += p;
-                        add_scaled(&mut acc, p, &values, jj * dim, d);
+                    #[unroll]
+                    for r in 0..group as usize {
+                        scores[r * tile as usize + jj] = s[r];
+                        if start + jj < mine[r] as usize {
+                            m_new[r] = max(m_new[r], s[r]);
+                        }
                     }
-                    m = m_new;
+                }
+                #[unroll]
+                for r in 0..group as usize {
+                    let correction = (m[r] - m_new[r]).exp();
+                    l[r] *= correction;
+                    #[unroll(d <= UNROLL_UP_TO)]
+                    for c in 0..d as usize {
+                        acc[r * dim + c] *= correction;
+                    }
+                    m[r] = m_new[r];
+                }
+                for jj in 0..count {
+                    #[unroll]
+                    for r in 0..group as usize {
+                        let mut p = f32::new(0.0);
+                        if start + jj < mine[r] as usize {
+                            p = (scores[r * tile as usize + jj] - m[r]).exp();
+                        }
+                        s[r] = p;
+                        l[r] += p;
+                    }
+                    #[unroll(d <= UNROLL_UP_TO)]
+                    for c in 0..d as usize {
+                        let value = values[jj * dim + c];
+                        #[unroll]
+                        for r in 0..group as usize {
+                            acc[r * dim + c] += s[r] * value;
+                        }
+                    }
                 }
                 sync_cube();
                 start += tile as usize;
             }
-            if valid {
-                let mut inverse = f32::new(0.0);
-                // A row that sees no key: zero output, and an L that makes every p zero.
-                let mut row_lse = f32::new(3.0e38);
-                if l > f32::new(0.0) {
-                    inverse = f32::new(1.0) / l;
-                    row_lse = m + l.ln();
+            #[unroll]
+            for r in 0..group as usize {
+                let i = first_row + UNIT_POS as usize + r * CUBE_DIM as usize;
+                if i < nq {
+                    let mut inverse = f32::new(0.0);
+                    // A row that sees no key: zero output, and an L that makes every p zero.
+                    let mut row_lse = f32::new(3.0e38);
+                    if l[r] > f32::new(0.0) {
+                        inverse = f32::new(1.0) / l[r];
+                        row_lse = m[r] + l[r].ln();
+                    }
+                    #[unroll(d <= UNROLL_UP_TO)]
+                    for c in 0..d as usize {
+                        out[q_base + i * dim + c] = F::cast_from(acc[r * dim + c] * inverse);
+                    }
+                    lse[bh * nq + i] = row_lse;
                 }
-                #[unroll(d <= UNROLL_UP_TO)]
-                for c in 0..d as usize {
-                    out[q_base + i * dim + c] = F::cast_from(acc[c] * inverse);
-                }
-                lse[bh * nq + i] = row_lse;
             }
         }
     }
@@ -293,7 +350,7 @@ mod device {
         #[comptime] causal: bool,
         #[define(F)] _dtype: StorageType,
     ) {
-        let (bh, first_key) = block_of(heads, n_k);
+        let (bh, first_key) = block_of(heads, n_k, 1u32);
         if bh < heads as usize {
             let (nq, nk, dim) = (n_q as usize, n_k as usize, d as usize);
             let j = first_key + UNIT_POS as usize;
@@ -383,7 +440,7 @@ mod device {
         #[comptime] causal: bool,
         #[define(F)] _dtype: StorageType,
     ) {
-        let (bh, first_row) = block_of(heads, n_q);
+        let (bh, first_row) = block_of(heads, n_q, 1u32);
         if bh < heads as usize {
             let (nq, nk, dim) = (n_q as usize, n_k as usize, d as usize);
             let i = first_row + UNIT_POS as usize;
@@ -478,6 +535,12 @@ impl Sizes {
         // A power of two.
         (1usize << rows.ilog2()) as u32
     }
+
+    /// Query rows per unit in the forward: two while two rows' numbers fit a GPU unit's
+    /// registers with room to spare (head dims up to 64), else one.
+    fn group(&self) -> u32 {
+        if self.d <= 64 { 2 } else { 1 }
+    }
 }
 
 /// A cube of [`ROWS`] units (fewer where the device allows fewer), and enough of them for
@@ -486,9 +549,10 @@ fn row_launch<R: CubeRuntime>(
     like: &CubeTensor<R>,
     heads: usize,
     rows: usize,
+    group: u32,
 ) -> (cubecl::prelude::CubeCount, CubeDim) {
     let units = ROWS.min(super::block(like));
-    let count = heads * rows.div_ceil(units as usize);
+    let count = heads * rows.div_ceil((units * group) as usize);
     (cubes(like, count), CubeDim::new_1d(units))
 }
 
@@ -499,7 +563,7 @@ fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTens
     let dtype = q.dtype;
     let out = empty(&q, Shape::new([s.heads, s.n_q, s.d]), dtype);
     let lse = empty(&q, Shape::new([s.heads, s.n_q]), DType::F32);
-    let (count, dim) = row_launch(&q, s.heads, s.n_q);
+    let (count, dim) = row_launch(&q, s.heads, s.n_q, s.group());
     device::forward_kernel::launch::<R>(
         &client,
         count,
@@ -515,6 +579,7 @@ fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTens
         s.scale(),
         s.d as u32,
         s.tile(),
+        s.group(),
         s.causal,
         dtype.into(),
     );
@@ -542,7 +607,7 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
     );
     let dk = empty(&q, Shape::new([s.heads, s.n_k, s.d]), dtype);
     let dv = empty(&q, Shape::new([s.heads, s.n_k, s.d]), dtype);
-    let (count, dim) = row_launch(&q, s.heads, s.n_k);
+    let (count, dim) = row_launch(&q, s.heads, s.n_k, 1);
     device::key_grads_kernel::launch::<R>(
         &client,
         count,
@@ -565,7 +630,7 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
         dtype.into(),
     );
     let dq = empty(&q, Shape::new([s.heads, s.n_q, s.d]), dtype);
-    let (count, dim) = row_launch(&q, s.heads, s.n_q);
+    let (count, dim) = row_launch(&q, s.heads, s.n_q, 1);
     device::query_grads_kernel::launch::<R>(
         &client,
         count,
