@@ -7,43 +7,13 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
-use common::assert_close;
+use burn::tensor::Distribution;
+use common::{assert_close, numbers, skip_wgpu as skip, tensor, values};
 use likeness_models::kernels::cube;
 use likeness_models::kernels::group_norm::{self, GroupNormOptions};
 
 type W = burn::backend::Wgpu<f32>;
 type F = burn::backend::Flex;
-
-fn skip() -> bool {
-    let skip = std::env::var_os("LIKENESS_SKIP_WGPU").is_some();
-    if skip {
-        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
-    }
-    skip
-}
-
-/// Reproducible values (`offset + scale·N(0, 1)`) as plain numbers, so that both backends get
-/// the very same inputs.
-fn numbers(len: usize, seed: u64, offset: f32, scale: f32) -> Vec<f32> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| {
-            // Box–Muller from two uniforms.
-            let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
-            offset + scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-        })
-        .collect()
-}
-
-fn tensor<A: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<A, D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
-}
-
-fn values<A: Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
-}
 
 /// Shapes `[n, c, l]`, groups, SiLU, and the inputs' mean: channels longer than a cube's 256
 /// units, channels short enough for one unit each (a LayerNorm's `[tokens, channels, 1]`

@@ -7,43 +7,15 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, TensorData};
-use common::assert_close;
+use common::{assert_close, skip_wgpu as skip, tensor, values};
 use likeness_models::kernels::attention::attention;
 use likeness_models::kernels::cube;
 
 type W = burn::backend::Wgpu<f32>;
 type F = burn::backend::Flex;
-
-fn skip() -> bool {
-    let skip = std::env::var_os("LIKENESS_SKIP_WGPU").is_some();
-    if skip {
-        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
-    }
-    skip
-}
-
-/// Reproducible `scale·N(0, 1)` values as plain numbers, the same for both backends.
-fn numbers(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| {
-            let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
-            scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-        })
-        .collect()
-}
-
-fn tensor<A: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<A, D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
-}
-
-fn values<A: Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
-}
 
 /// `[b, h, n_q, n_k, d]`, causal, and the spread of q and k (large spreads: peaked softmaxes,
 /// where an online softmax without its running maximum would overflow). Between them: one cube
@@ -75,6 +47,7 @@ struct Inputs {
 
 fn inputs(case: ([usize; 5], bool, f32), seed: u64) -> Inputs {
     let ([b, h, n_q, n_k, d], _, spread) = case;
+    let numbers = |len, seed, scale| common::numbers(len, seed, 0.0, scale);
     Inputs {
         q: numbers(b * h * n_q * d, seed, spread),
         k: numbers(b * h * n_k * d, seed + 1, spread),

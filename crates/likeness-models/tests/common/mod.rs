@@ -59,11 +59,43 @@ pub fn rel_err(actual: &[f32], expected: &[f32]) -> f32 {
     diff / scale
 }
 
-pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+/// A tensor's values as f32, on any backend.
+pub fn values<A: Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
         .expect("f32 data")
+}
+
+/// Whether the wgpu tests are to be skipped (`LIKENESS_SKIP_WGPU` set); says so when they are.
+pub fn skip_wgpu() -> bool {
+    let skip = std::env::var_os("LIKENESS_SKIP_WGPU").is_some();
+    if skip {
+        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
+    }
+    skip
+}
+
+/// Reproducible values (`offset + scale·N(0, 1)`) as plain numbers, so that two backends get the
+/// very same inputs.
+pub fn numbers(len: usize, seed: u64, offset: f32, scale: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| {
+            // Box–Muller from two uniforms.
+            let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+            offset + scale * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        })
+        .collect()
+}
+
+/// `values` as a tensor of `shape` on backend `A`'s default device.
+pub fn tensor<A: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<A, D> {
+    Tensor::from_data(
+        burn::tensor::TensorData::new(values.to_vec(), shape),
+        &Default::default(),
+    )
 }
 
 /// Asserts a relative error ≤ 1e-4 and prints it.
