@@ -228,6 +228,12 @@ fn check(a: CheckArgs) -> anyhow::Result<()> {
             "VAE reconstruction MSE on [-1, 1]: held-out scenes {:.4}, concept photos {:.4}",
             rec.scenes, rec.concept_photos
         );
+        if let Some(c) = rec.scene_checks {
+            println!(
+                "checks on the VAE's own reconstructions of the held-out scenes (the most a picture through this VAE can pass): background {:.3}, object {:.3}, both {:.3}",
+                c.background, c.object_colour, c.both
+            );
+        }
     }
     Ok(())
 }

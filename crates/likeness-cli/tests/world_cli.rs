@@ -128,6 +128,14 @@ fn concepts_and_a_short_training_chain() {
         assert!(mse > 0.0 && mse < 4.0, "{part} {mse}");
     }
     assert!(String::from_utf8_lossy(&o.stdout).contains("VAE reconstruction MSE"));
+    // The checks on the VAE's own decodings of the same 4 scenes: the ceiling of the rates above.
+    let ceiling = &q["reconstruction"]["scene_checks"];
+    assert_eq!(ceiling["pictures"], 4);
+    for check in ["background", "object_colour", "both"] {
+        let rate = ceiling[check].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rate), "{check} {rate}");
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("own reconstructions"));
 
     let o = likeness()
         .args(["world", "concepts", "--concept", "nope", "--out"])

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
 use likeness_models::device::{BackendTask, Placement};
-use likeness_models::pipeline::GenerateParams;
+use likeness_models::pipeline::{GenerateParams, to_rgb8};
 use likeness_models::schedulers::SchedulerKind;
 use likeness_models::sd::{LoadOptions, StableDiffusion};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,6 @@ use crate::world::check::{CheckRates, scene_check_rates};
 use crate::world::{
     CONCEPT_PHOTO_COUNT, CONCEPTS, Scene, WorldSpec, dataset_item, render, render_concept_photo,
 };
-use crate::world_train::vae::reconstruction_mse;
 use image::RgbImage;
 use likeness_models::vae::AutoencoderKL;
 
@@ -70,44 +69,51 @@ pub struct QualityReport {
     pub reconstruction: Option<Reconstruction>,
 }
 
-/// The VAE's reconstruction error: mean squared error, on the [-1, 1] scale, between a picture
-/// and the decoded mean of its latent.
+/// How well the model's VAE alone reproduces pictures: the mean squared error, on the [-1, 1]
+/// scale, between a picture and the decoded mean of its latent, and the pixel checks on those
+/// decodings — the most the checks can give for pictures that pass through this VAE.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Reconstruction {
-    /// Over the held-out captions' scenes (the first [`RECONSTRUCTED_SCENES`] at most).
+    /// Over the held-out captions' scenes.
     pub scenes: f32,
     /// Over every concept's photos ([`CONCEPT_PHOTO_COUNT`] each).
     pub concept_photos: f32,
+    /// The checks on the held-out scenes' decodings against their own scenes (absent from
+    /// reports written before they were measured).
+    #[serde(default)]
+    pub scene_checks: Option<CheckRates>,
 }
 
-/// How many held-out scenes the reconstruction error is measured on.
-pub const RECONSTRUCTED_SCENES: usize = 64;
-
-/// [`Reconstruction`] of `vae` at `size` pixels.
+/// [`Reconstruction`] of `vae` at `size` pixels over `scenes` and the concept photos.
 pub fn reconstruction<B: Backend>(
     vae: &AutoencoderKL<B>,
     scenes: &[&Scene],
     size: usize,
     device: &B::Device,
-) -> Reconstruction {
-    let batch = |images: Vec<RgbImage>| -> Tensor<B, 4> {
-        let n = images.len();
-        let values: Vec<f32> = images.iter().flat_map(to_signed_chw).collect();
-        Tensor::from_data(TensorData::new(values, [n, 3, size, size]), device)
-    };
-    // Mean of per-batch means, weighted by batch size: the mean over all pictures, in batches of
-    // at most 16 so that a large model's activations stay small.
-    let mse = |images: Vec<RgbImage>| -> f32 {
+) -> Result<Reconstruction> {
+    // In batches of at most 16 so that a large model's activations stay small; the error is the
+    // mean over all pictures (per-batch means weighted by batch size).
+    let run = |images: Vec<RgbImage>| -> Result<(f32, Vec<RgbImage>)> {
         let total = images.len().max(1);
-        images
-            .chunks(16)
-            .map(|chunk| reconstruction_mse(vae, batch(chunk.to_vec())) * chunk.len() as f32)
-            .sum::<f32>()
-            / total as f32
+        let mut sum = 0.0;
+        let mut decoded = Vec::with_capacity(images.len());
+        for chunk in images.chunks(16) {
+            let n = chunk.len();
+            let values: Vec<f32> = chunk.iter().flat_map(to_signed_chw).collect();
+            let x = Tensor::<B, 4>::from_data(TensorData::new(values, [n, 3, size, size]), device);
+            let recon = vae.forward(x.clone());
+            let mse: f32 = (recon.clone() - x)
+                .powi_scalar(2)
+                .mean()
+                .into_scalar()
+                .elem();
+            sum += mse * n as f32;
+            decoded.extend(to_rgb8((recon / 2.0 + 0.5).clamp(0.0, 1.0))?);
+        }
+        Ok((sum / total as f32, decoded))
     };
     let scene_images = scenes
         .iter()
-        .take(RECONSTRUCTED_SCENES)
         .map(|scene| render(scene, size as u32))
         .collect();
     let photos = CONCEPTS
@@ -116,10 +122,15 @@ pub fn reconstruction<B: Backend>(
             (0..CONCEPT_PHOTO_COUNT as u64).map(|i| render_concept_photo(c, i, size as u32))
         })
         .collect();
-    Reconstruction {
-        scenes: mse(scene_images),
-        concept_photos: mse(photos),
-    }
+    let (scenes_mse, decoded) = run(scene_images)?;
+    let (photos_mse, _) = run(photos)?;
+    Ok(Reconstruction {
+        scenes: scenes_mse,
+        concept_photos: photos_mse,
+        scene_checks: Some(scene_check_rates(
+            decoded.iter().zip(scenes.iter().copied()),
+        )),
+    })
 }
 
 /// The held-out caption set: (scene, caption) for index 0..n.
@@ -206,7 +217,7 @@ fn measure<B: Backend>(
     let half = scenes.len() / 2;
     let rotated = scenes.iter().cycle().skip(half).copied();
     let chance = scene_check_rates(images.iter().zip(rotated));
-    let reconstruction = Some(reconstruction(&model.vae, &scenes, size, device));
+    let reconstruction = Some(reconstruction(&model.vae, &scenes, size, device)?);
     let report = QualityReport {
         config,
         asked,
