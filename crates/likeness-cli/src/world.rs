@@ -90,6 +90,10 @@ pub struct TrainArgs {
     /// Pictures per UNet step (default 32).
     #[arg(long)]
     pub unet_batch: Option<usize>,
+    /// Min-SNR-γ loss weighting for the UNet (5 is the usual γ): high noise levels, where layout
+    /// and colours are decided, count more; kept by a resumed run unless given again.
+    #[arg(long)]
+    pub unet_min_snr_gamma: Option<f64>,
     /// Multiplies every stage's default learning rate (e.g. 2 with batches twice the default).
     #[arg(long, default_value_t = 1.0)]
     pub lr_scale: f64,
@@ -347,6 +351,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     };
     let mut unet = UNetTrainConfig::new(spec, vae_run.join("vae"), clip_dir.clone(), a.unet_steps);
     shared_settings!(unet, a.unet_batch);
+    unet.min_snr_gamma = a.unet_min_snr_gamma;
     stage(
         "unet",
         WorldStage::UNet(unet),

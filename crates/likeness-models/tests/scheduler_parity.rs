@@ -409,4 +409,18 @@ fn min_snr_matches_compute_snr() {
         );
     }
     assert!(s.snr(1000).is_none());
+    // Min-SNR-γ weights, γ = 5 (diffusers' train_text_to_image.py): ε-prediction
+    // min(snr, 5) / snr, v-prediction min(snr, 5) / (snr + 1).
+    let v = s.clone().with_prediction_type(PredictionType::VPrediction);
+    for (t, snr) in [(0, 1175.4405517578125), (500, 0.38185006380081177)] {
+        let (eps_want, v_want) = (f64::min(snr, 5.0) / snr, f64::min(snr, 5.0) / (snr + 1.0));
+        let (eps_got, v_got) = (s.min_snr_weight(t, 5.0), v.min_snr_weight(t, 5.0));
+        assert!(
+            (eps_got - eps_want).abs() <= 1e-6 * eps_want,
+            "ε {t}: {eps_got}"
+        );
+        assert!((v_got - v_want).abs() <= 1e-6 * v_want, "v {t}: {v_got}");
+    }
+    assert_eq!(s.min_snr_weight(500, 5.0), 1.0);
+    assert_eq!(s.min_snr_weight(1000, 5.0), 1.0);
 }

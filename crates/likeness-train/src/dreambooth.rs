@@ -25,7 +25,7 @@ use likeness_models::nn::cast_params;
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::png_meta::{a1111_parameters, save_png};
 use likeness_models::rng::randn;
-use likeness_models::schedulers::{NoiseSchedule, PredictionType, SchedulerKind};
+use likeness_models::schedulers::{NoiseSchedule, SchedulerKind};
 use likeness_models::sd::{LoadOptions, StableDiffusion};
 use likeness_models::vae::AutoencoderKL;
 use rand::Rng;
@@ -1111,14 +1111,7 @@ impl Denoising {
     ) -> Tensor<AB, 1> {
         let w: Vec<f32> = timesteps
             .iter()
-            .map(|&t| {
-                let snr = self.schedule.snr(t).unwrap_or(1.0).max(1e-12);
-                let clipped = snr.min(gamma);
-                (match self.schedule.prediction_type {
-                    PredictionType::Epsilon => clipped / snr,
-                    PredictionType::VPrediction => clipped / (snr + 1.0),
-                }) as f32
-            })
+            .map(|&t| self.schedule.min_snr_weight(t, gamma) as f32)
             .collect();
         Tensor::from_data(TensorData::new(w, [timesteps.len()]), device)
     }

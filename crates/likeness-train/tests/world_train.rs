@@ -253,6 +253,22 @@ fn unet_trains_on_the_world_models_and_writes_a_pipeline() {
     eprintln!("UNet loss first 10 {head:.4}, last 10 {tail:.4}");
     assert!(tail < 0.85 * head, "denoising loss fell: {head} -> {tail}");
 
+    // Min-SNR-γ weighting: the same first step (same seed, weights, noise and timesteps) with
+    // every picture's loss weighted by min(snr, 5) / snr ≤ 1, lower where a timestep's SNR is
+    // above 5 (some of 16 drawn timesteps are); a γ that is not positive is refused.
+    let first_loss = |gamma: Option<f64>, name: &str| {
+        let mut c = config.clone();
+        c.steps = 1;
+        c.batch = 16;
+        c.min_snr_gamma = gamma;
+        train_unet::<B>(&c, &tmp.join(name), &device, &mut |_| {}, &quiet).map(|o| o.losses[0])
+    };
+    let plain = first_loss(None, "plain").unwrap();
+    let weighted = first_loss(Some(5.0), "min-snr").unwrap();
+    eprintln!("first step: plain {plain:.5}, Min-SNR-5 {weighted:.5}");
+    assert!(weighted.is_finite() && weighted > 0.0 && weighted < 0.99 * plain);
+    assert!(first_loss(Some(0.0), "bad-gamma").is_err());
+
     let model =
         StableDiffusion::<B>::load(&pipeline_dir(&unet_run), &LoadOptions::default(), &device)
             .expect("the pipeline folder loads");

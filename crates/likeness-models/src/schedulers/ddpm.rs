@@ -110,4 +110,19 @@ impl NoiseSchedule {
         let ratio = a.sqrt() / (1.0 - a).sqrt();
         Some((ratio * ratio) as f64)
     }
+
+    /// The Min-SNR-γ loss weight of timestep `t` (Hang et al. 2023, as diffusers' training
+    /// scripts): `min(snr, γ) / snr` for ε-prediction, `min(snr, γ) / (snr + 1)` for
+    /// v-prediction; 1 past the last timestep.
+    pub fn min_snr_weight(&self, t: usize, gamma: f64) -> f64 {
+        let Some(snr) = self.snr(t) else {
+            return 1.0;
+        };
+        let snr = snr.max(1e-12);
+        let clipped = snr.min(gamma);
+        match self.prediction_type {
+            PredictionType::Epsilon => clipped / snr,
+            PredictionType::VPrediction => clipped / (snr + 1.0),
+        }
+    }
 }
