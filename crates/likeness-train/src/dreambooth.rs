@@ -1087,7 +1087,12 @@ impl Denoising {
             .mean_dim(1)
             .reshape([n]);
         let per_sample = match self.min_snr_gamma {
-            Some(gamma) => per_sample * self.snr_weights::<AB>(&timesteps, gamma, &device),
+            Some(gamma) => {
+                per_sample
+                    * self
+                        .schedule
+                        .min_snr_weights::<AB>(&timesteps, gamma, &device)
+            }
             None => per_sample,
         };
         let instance = per_sample.clone().narrow(0, 0, batch.instances).mean();
@@ -1099,20 +1104,5 @@ impl Denoising {
         } else {
             Ok(instance)
         }
-    }
-
-    /// Min-SNR-γ weights (Hang et al. 2023): `min(snr, γ) / snr` for ε-prediction,
-    /// `min(snr, γ) / (snr + 1)` for v-prediction.
-    fn snr_weights<AB: Backend>(
-        &self,
-        timesteps: &[usize],
-        gamma: f64,
-        device: &AB::Device,
-    ) -> Tensor<AB, 1> {
-        let w: Vec<f32> = timesteps
-            .iter()
-            .map(|&t| self.schedule.min_snr_weight(t, gamma) as f32)
-            .collect();
-        Tensor::from_data(TensorData::new(w, [timesteps.len()]), device)
     }
 }

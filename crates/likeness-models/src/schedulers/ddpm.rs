@@ -125,4 +125,19 @@ impl NoiseSchedule {
             PredictionType::VPrediction => clipped / (snr + 1.0),
         }
     }
+
+    /// [`Self::min_snr_weight`] of each sample's timestep, as a `[batch]` tensor that multiplies
+    /// per-sample losses.
+    pub fn min_snr_weights<B: Backend>(
+        &self,
+        timesteps: &[usize],
+        gamma: f64,
+        device: &B::Device,
+    ) -> Tensor<B, 1> {
+        let w: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| self.min_snr_weight(t, gamma) as f32)
+            .collect();
+        Tensor::from_data(TensorData::new(w, [timesteps.len()]), device)
+    }
 }

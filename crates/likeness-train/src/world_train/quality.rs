@@ -21,6 +21,7 @@ use crate::world::check::{CheckRates, scene_check_rates};
 use crate::world::{
     CONCEPT_PHOTO_COUNT, CONCEPTS, Scene, WorldSpec, dataset_item, render, render_concept_photo,
 };
+use crate::world_train::vae::reconstruct;
 use image::RgbImage;
 use likeness_models::vae::AutoencoderKL;
 
@@ -101,12 +102,7 @@ pub fn reconstruction<B: Backend>(
             let n = chunk.len();
             let values: Vec<f32> = chunk.iter().flat_map(to_signed_chw).collect();
             let x = Tensor::<B, 4>::from_data(TensorData::new(values, [n, 3, size, size]), device);
-            let recon = vae.forward(x.clone());
-            let mse: f32 = (recon.clone() - x)
-                .powi_scalar(2)
-                .mean()
-                .into_scalar()
-                .elem();
+            let (recon, mse) = reconstruct(vae, x);
             sum += mse * n as f32;
             decoded.extend(to_rgb8((recon / 2.0 + 0.5).clamp(0.0, 1.0))?);
         }

@@ -221,11 +221,7 @@ fn run_unet<B: Backend>(
         Ok(match config.min_snr_gamma {
             None => squared.mean(),
             Some(gamma) => {
-                let weights: Vec<f32> = ts
-                    .iter()
-                    .map(|&t| schedule.min_snr_weight(t, gamma) as f32)
-                    .collect();
-                let weights = Tensor::<AB<B>, 1>::from_data(TensorData::new(weights, [n]), device);
+                let weights = schedule.min_snr_weights::<AB<B>>(&ts, gamma, device);
                 let per_picture: Tensor<AB<B>, 1> =
                     squared.reshape([n as i64, -1]).mean_dim(1).reshape([n]);
                 (per_picture * weights).mean()

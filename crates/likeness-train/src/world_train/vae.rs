@@ -148,8 +148,22 @@ pub fn held_out_images<B: Backend>(
 
 /// Mean squared error between `vae`'s reconstruction (of the posterior mean) and `images`.
 pub fn reconstruction_mse<B: Backend>(vae: &AutoencoderKL<B>, images: Tensor<B, 4>) -> f32 {
+    reconstruct(vae, images).1
+}
+
+/// `vae`'s reconstruction (of the posterior mean) of `images`, on [-1, 1], and its mean squared
+/// error.
+pub fn reconstruct<B: Backend>(
+    vae: &AutoencoderKL<B>,
+    images: Tensor<B, 4>,
+) -> (Tensor<B, 4>, f32) {
     let recon = vae.forward(images.clone());
-    (recon - images).powi_scalar(2).mean().into_scalar().elem()
+    let mse = (recon.clone() - images)
+        .powi_scalar(2)
+        .mean()
+        .into_scalar()
+        .elem();
+    (recon, mse)
 }
 
 /// Trains (or, when `run_dir` holds a VAE run, continues from its latest checkpoint) the world's
