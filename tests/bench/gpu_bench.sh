@@ -121,33 +121,47 @@ LK="env LIKENESS_KERNELS=0 $L"
 # The same autodiff ops with Burn's tensor ops inside instead of Likeness' CubeCL kernels
 # (GroupNorm and, since session 7, flash attention forward and backward).
 LC="env LIKENESS_CUBE_KERNELS=0 $L"
+# Likeness' attention kernels at every size (by default they take only attentions of at least
+# 2^22 scores per head, where they won in session 9), so the ops rows keep timing them.
+LA="env LIKENESS_ATTENTION_KERNEL=always $L"
+# Burn's own convolution (autotuned with the `autotune` feature, direct without) instead of
+# Likeness' op on Burn's implicit-GEMM kernels (the default of builds without autotune).
+LB="env LIKENESS_CONV=burn $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
-# time is what an artist's first launch on this GPU pays.
-item tune-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only all --iters 0 --steps 2
-item tune-db-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only db-step --iters 0
-item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
-item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
-item ops-bf16 150 likeness-nocube $LC --precision bf16 --only ops --iters 5
-item infer-bf16 90 diffusers $P --precision bf16 --iters 5 --profile
-item infer-bf16 150 likeness $L --precision bf16 --iters 5
-item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 3 --profile
+# time is what an artist's first launch on this GPU pays. A binary built without Burn's autotune
+# (`--no-default-features --features cuda,wgpu,fusion`) has nothing to tune: TUNE=0 skips these
+# and the first call of each item (its `first ms`) is then kernel compilation alone.
+if [ "${TUNE:-1}" = 1 ]; then
+  item tune-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only all --iters 0 --steps 2
+  item tune-db-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only db-step --iters 0
+fi
+# In order of what the issue's goal needs: the training step, the ops that explain it, the
+# generation, then the switches (our kernels off, wgpu, checkpointing, batch 4, DPO, f32/f16).
 item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
 item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
-item db-bf16-b1 120 likeness-burnops $LK --precision bf16 --only db-step --batch 1 --iters 3
-item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 3
+item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
+item ops-bf16 150 likeness $LA --precision bf16 --only ops --iters 5
+item ops-bf16 150 likeness-nocube $LC --precision bf16 --only ops --iters 5
+item infer-bf16 90 diffusers $P --precision bf16 --iters 3 --profile
+item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
 item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
-item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
+item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
+item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 1 --profile
+item unet-f32 60 likeness $L --precision f32 --only unet --iters 3
 item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
-item ops-f32 40 diffusers $P --precision f32 --only ops --iters 5
-item ops-f32 100 likeness $L --precision f32 --only ops --iters 5
 item db-bf16-b1-ckpt 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
 item db-bf16-b1-ckpt 100 likeness $L --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
+item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
 item db-bf16-b4 60 diffusers $P --precision bf16 --only db-step --batch 4 --iters 3
 item db-bf16-b4 100 likeness $L --precision bf16 --only db-step --batch 4 --iters 3
-item infer-f32 60 diffusers $P --precision f32 --iters 5
-item infer-f32 120 likeness $L --precision f32 --iters 5
+item db-bf16-b1 120 likeness-burnops $LK --precision bf16 --only db-step --batch 1 --iters 3
+item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 3
+item ops-f32 40 diffusers $P --precision f32 --only ops --iters 5
+item ops-f32 100 likeness $L --precision f32 --only ops --iters 5
+item infer-f32 60 diffusers $P --precision f32 --iters 3
+item infer-f32 120 likeness $L --precision f32 --iters 2
 item db-f32-b1 60 diffusers $P --precision f32 --only db-step --batch 1 --iters 5
 item db-f32-b1 100 likeness $L --precision f32 --only db-step --batch 1 --iters 5
 item unet-f16 40 diffusers $P --precision f16 --only unet --iters 5

@@ -399,14 +399,40 @@ fn ops<B: Backend>(
             },
         );
     }
-    // 3×3 convolution 320 → 320 at the first level.
+    // 3×3 convolution 320 → 320 at the first level, as the models run it (Likeness' op:
+    // `kernels::conv`, whose kernels follow `LIKENESS_CONV`).
     let w = Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02;
+    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
     let conv = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
-        burn::tensor::module::conv2d(
-            x,
-            w,
-            None,
-            burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        likeness_models::kernels::conv::conv2d(x, w, None, opts.clone())
+    };
+    // Before timing it: the op's output and input gradient against Burn's own `conv2d` on this
+    // device (the kernels' parity tests run on the CPU's Vulkan, which has no tensor cores).
+    let check = {
+        let rel = |a: Tensor<AB<B>, 4>, b: Tensor<AB<B>, 4>| {
+            let scale = b.clone().abs().max().into_scalar().elem::<f64>().max(1e-30);
+            (a - b).abs().max().into_scalar().elem::<f64>() / scale
+        };
+        let xr = x.clone().require_grad();
+        let y_op = conv(xr.clone(), w.clone());
+        let dx_op = xr.grad(&y_op.clone().sum().backward()).expect("dx");
+        let xr = x.clone().require_grad();
+        let y_burn = burn::tensor::module::conv2d(xr.clone(), w.clone(), None, opts.clone());
+        let dx_burn = xr.grad(&y_burn.clone().sum().backward()).expect("dx");
+        let (e_y, e_dx) = (
+            rel(y_op, y_burn),
+            rel(Tensor::from_inner(dx_op), Tensor::from_inner(dx_burn)),
+        );
+        eprintln!(
+            "conv op against Burn's conv2d: max error / max value: y {e_y:.1e}, dx {e_dx:.1e}"
+        );
+        row(
+            &format!(
+                "check: conv op ({:?}) vs Burn's conv2d, max err / max: y {e_y:.1e}, dx {e_dx:.1e}",
+                likeness_models::kernels::conv::conv_policy()
+            ),
+            label,
+            &[0.0, 0.0],
         )
     };
     bench(
@@ -440,6 +466,7 @@ fn ops<B: Backend>(
             let _ = lwg.grad(&g).map(|t| t.sum().into_data());
         },
     );
+    rows.push(check);
     Ok(rows)
 }
 

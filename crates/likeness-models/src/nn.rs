@@ -4,7 +4,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::module::{conv2d, linear};
+use burn::tensor::module::linear;
 use burn::tensor::ops::ConvOptions;
 
 use crate::error::Result;
@@ -150,7 +150,7 @@ impl<B: Backend> Conv2d<B> {
         let weight = self.weight.val();
         let x = in_dtype(x, weight.dtype());
         profile::span::<B, _>(&x.device(), name, || {
-            conv2d(
+            crate::kernels::conv::conv2d(
                 x,
                 weight,
                 self.bias.as_ref().map(|b| b.val()),

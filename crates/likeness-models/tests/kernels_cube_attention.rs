@@ -10,11 +10,18 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
-use common::{assert_close, skip_wgpu as skip, tensor, values};
-use likeness_models::kernels::attention::attention;
+use common::{assert_close, tensor, values};
+use likeness_models::kernels::attention::{KernelPolicy, attention, set_kernel_policy};
 use likeness_models::kernels::cube;
 
 type W = burn::backend::Wgpu<f32>;
+
+/// Whether to skip (no wgpu adapter); otherwise gives the kernels every attention, however small
+/// (by default they take only the large ones; these tests' sizes are small).
+fn skip() -> bool {
+    set_kernel_policy(KernelPolicy::Always);
+    common::skip_wgpu()
+}
 type F = burn::backend::Flex;
 
 /// `[b, h, n_q, n_k, d]`, causal, and the spread of q and k (large spreads: peaked softmaxes,

@@ -96,13 +96,76 @@ fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
 #[derive(Debug)]
 struct FusedAttention;
 
-/// The CubeCL kernels' forward (output, log-sum-exp), where they apply.
+/// Scores per head (`n_q · n_k`) from which the CubeCL kernels take an attention under the default
+/// [`KernelPolicy::BySize`]. Measured on an H100 in bf16 at SD 1.5's shapes, batch 2, 8 heads
+/// (`docs/perf.md`, session 9), forward + backward: at 4096 × 4096 keys, head dim 40, the kernels
+/// took 16.1 ms against 22.2 ms for Burn's ops (score-block recompute in the backward); at
+/// 1024 × 1024 / 80 6.0 against 2.5, at 256 × 256 / 160 13.1 against 1.8, and at 4096 × 77 / 40
+/// (cross-attention) 5.1 against 2.8. The kernels parallelise over query rows only, so small
+/// attentions leave most of the GPU idle; large ones are where they win, and where materialising
+/// the scores would cost the most memory.
+pub const KERNEL_MIN_SCORES: usize = 1 << 22;
+
+/// Which attentions the CubeCL kernels take (where they apply at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPolicy {
+    /// Those with at least [`KERNEL_MIN_SCORES`] scores per head (the default).
+    BySize,
+    /// Every one (`LIKENESS_ATTENTION_KERNEL=always`; the kernels' tests and benchmarks).
+    Always,
+}
+
+static POLICY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// The policy in force: set by [`set_kernel_policy`], else `LIKENESS_ATTENTION_KERNEL`
+/// (`always`), else [`KernelPolicy::BySize`].
+pub fn kernel_policy() -> KernelPolicy {
+    use std::sync::atomic::Ordering;
+    match POLICY.load(Ordering::Relaxed) {
+        0 => KernelPolicy::BySize,
+        1 => KernelPolicy::Always,
+        _ => {
+            let always = std::env::var("LIKENESS_ATTENTION_KERNEL").as_deref() == Ok("always");
+            let policy = if always {
+                KernelPolicy::Always
+            } else {
+                KernelPolicy::BySize
+            };
+            let _ = POLICY.compare_exchange(
+                u8::MAX,
+                policy as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            kernel_policy()
+        }
+    }
+}
+
+/// Sets the policy for the rest of the process.
+pub fn set_kernel_policy(policy: KernelPolicy) {
+    POLICY.store(policy as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the kernels take an attention of `n_q` queries over `n_k` keys under `policy`.
+pub fn kernels_take(policy: KernelPolicy, n_q: usize, n_k: usize) -> bool {
+    match policy {
+        KernelPolicy::Always => true,
+        KernelPolicy::BySize => n_q.saturating_mul(n_k) >= KERNEL_MIN_SCORES,
+    }
+}
+
+/// The CubeCL kernels' forward (output, log-sum-exp), where they apply and the policy gives them
+/// the attention.
 fn kernel_forward<I: Backend>(
     q: &Tensor<I, 4>,
     k: &Tensor<I, 4>,
     v: &Tensor<I, 4>,
     causal: bool,
 ) -> Option<(Tensor<I, 4>, Tensor<I, 3>)> {
+    if !kernels_take(kernel_policy(), q.dims()[2], k.dims()[2]) {
+        return None;
+    }
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     return super::cube::attention::forward(q, k, v, causal);
     #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
@@ -298,4 +361,27 @@ fn causal_mask<B: Backend>(
         .add_scalar(offset);
     let cols = Tensor::<B, 1, Int>::arange(0..n_k as i64, device).reshape([1, n_k]);
     rows.lower(cols).reshape([1, 1, end - start, n_k])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default gives the kernels the attentions they won on the H100 and leaves the rest to
+    /// Burn's ops (the measurements at [`KERNEL_MIN_SCORES`]).
+    #[test]
+    fn by_size_follows_the_measurements() {
+        let by_size = |n_q, n_k| kernels_take(KernelPolicy::BySize, n_q, n_k);
+        assert!(
+            by_size(4096, 4096),
+            "SD 1.5 self-attention at 64×64 latents"
+        );
+        assert!(by_size(9216, 9216), "at 96×96 latents (768 px)");
+        assert!(!by_size(1024, 1024), "at 32×32 latents");
+        assert!(!by_size(256, 256), "at 16×16 latents");
+        assert!(!by_size(4096, 77), "cross-attention to the prompt");
+        assert!(!by_size(64, 64), "the built-in world's UNet");
+        assert!(by_size(usize::MAX, 2), "no overflow");
+        assert!(kernels_take(KernelPolicy::Always, 1, 1));
+    }
 }

@@ -33,6 +33,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::server::CubeCountSelection;
 
 pub mod attention;
+pub mod conv;
 
 use super::group_norm::GroupNormOptions;
 use super::{ToDtype, float, wrap};

@@ -1,0 +1,139 @@
+//! Likeness' convolution op under `ConvPolicy::Gemm` (`kernels::conv`: Burn's implicit-GEMM kernels
+//! chosen without autotune, its direct kernels where those cannot run — on lavapipe, which has no
+//! `cmma`, always the latter) on wgpu against Burn's `conv2d` on the CPU backend: forward and,
+//! through autodiff, the gradients of input, weight and bias.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ops::ConvOptions;
+use common::{assert_close, numbers, tensor, values};
+use likeness_models::kernels::conv::{ConvPolicy, conv2d, set_conv_policy};
+
+type W = burn::backend::Wgpu<f32>;
+type F = burn::backend::Flex;
+
+fn skip() -> bool {
+    set_conv_policy(ConvPolicy::Gemm);
+    common::skip_wgpu()
+}
+
+/// `[n, c_in, h, w]`, c_out, kernel, stride, padding, and whether the weight takes a gradient
+/// (a full fine-tune) or not (LoRA: frozen convolutions). Between them: the UNet's 3×3 and 1×1
+/// convolutions, its strided downsampler (whose input gradient Burn computes without the GEMM),
+/// odd sizes and channel counts that fill no tile.
+const CASES: [([usize; 4], usize, usize, usize, usize, bool); 5] = [
+    ([1, 4, 9, 9], 8, 3, 1, 1, true),
+    ([2, 8, 8, 8], 8, 3, 2, 1, true),
+    ([1, 6, 5, 7], 6, 1, 1, 0, true),
+    ([2, 3, 16, 16], 5, 3, 1, 1, false),
+    ([1, 16, 12, 12], 32, 3, 1, 1, true),
+];
+
+fn options(stride: usize, padding: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1)
+}
+
+fn grads<A: AutodiffBackend>(
+    case: ([usize; 4], usize, usize, usize, usize, bool),
+    seed: u64,
+    reference: bool,
+) -> Vec<Vec<f32>> {
+    let (xs, c_out, k, stride, padding, weight_grad) = case;
+    let ws = [c_out, xs[1], k, k];
+    let x = tensor::<A, 4>(&numbers(xs.iter().product(), seed, 0.0, 1.0), xs).require_grad();
+    let mut w = tensor::<A, 4>(&numbers(ws.iter().product(), seed + 1, 0.0, 0.3), ws);
+    if weight_grad {
+        w = w.require_grad();
+    }
+    let b = tensor::<A, 1>(&numbers(c_out, seed + 2, 0.0, 0.5), [c_out]).require_grad();
+    let opts = options(stride, padding);
+    let y = if reference {
+        burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
+    } else {
+        conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
+    };
+    let up = tensor::<A, 4>(
+        &numbers(y.dims().iter().product(), seed + 3, 0.0, 1.0),
+        y.dims(),
+    );
+    let g = (y.clone() * up).sum().backward();
+    let mut out = vec![
+        values(y.inner()),
+        values(x.grad(&g).expect("dx")),
+        values(b.grad(&g).expect("dbias")),
+    ];
+    match w.grad(&g) {
+        Some(dw) => out.push(values(dw)),
+        None => assert!(!weight_grad, "a weight that asked for a gradient got none"),
+    }
+    out
+}
+
+#[test]
+fn training_on_wgpu_matches_burns_conv_on_the_cpu() {
+    if skip() {
+        return;
+    }
+    for (i, case) in CASES.into_iter().enumerate() {
+        let seed = 11 + 10 * i as u64;
+        let want = grads::<Autodiff<F>>(case, seed, true);
+        let got = grads::<Autodiff<W>>(case, seed, false);
+        assert_eq!(got.len(), want.len(), "{case:?}");
+        for (k, name) in ["out", "dx", "dbias", "dweight"]
+            .iter()
+            .take(got.len())
+            .enumerate()
+        {
+            assert_close(&format!("{name} {case:?}"), &got[k], &want[k]);
+        }
+    }
+}
+
+/// Inference on the plain wgpu backend (no autodiff): the op's forward, Burn's numbers.
+#[test]
+fn inference_on_wgpu_matches_burns_conv_on_the_cpu() {
+    if skip() {
+        return;
+    }
+    for (i, case) in CASES.into_iter().enumerate() {
+        let (xs, c_out, k, stride, padding, _) = case;
+        let ws = [c_out, xs[1], k, k];
+        let seed = 5 + 10 * i as u64;
+        let x = numbers(xs.iter().product(), seed, 0.0, 1.0);
+        let w = numbers(ws.iter().product(), seed + 1, 0.0, 0.3);
+        let b = numbers(c_out, seed + 2, 0.0, 0.5);
+        let got = conv2d(
+            tensor::<W, 4>(&x, xs),
+            tensor::<W, 4>(&w, ws),
+            Some(tensor::<W, 1>(&b, [c_out])),
+            options(stride, padding),
+        );
+        let want = burn::tensor::module::conv2d(
+            tensor::<F, 4>(&x, xs),
+            tensor::<F, 4>(&w, ws),
+            Some(tensor::<F, 1>(&b, [c_out])),
+            options(stride, padding),
+        );
+        assert_eq!(got.dims(), want.dims(), "{case:?}");
+        assert_close(&format!("inference {case:?}"), &values(got), &values(want));
+    }
+}
+
+/// The output shape the op declares for its stream entry is the one Burn's convolution produces.
+#[test]
+fn output_shapes_follow_burns() {
+    let device = Default::default();
+    for (xs, c_out, k, stride, padding, _) in CASES {
+        let x = Tensor::<F, 4>::zeros(xs, &device);
+        let w = Tensor::<F, 4>::zeros([c_out, xs[1], k, k], &device);
+        let opts = options(stride, padding);
+        let want = burn::tensor::module::conv2d(x, w, None, opts.clone()).dims();
+        let got =
+            likeness_models::kernels::cube::conv::output_shape(xs, [c_out, xs[1], k, k], &opts);
+        assert_eq!(got, want);
+    }
+}
