@@ -1,15 +1,21 @@
-//! 2-D convolution: Burn's `conv2d`, or — on CUDA and wgpu, under [`ConvPolicy::Gemm`] — one
-//! autodiff op whose forward and backward run Burn's implicit-GEMM convolution kernels
-//! ([`super::cube::conv`]) chosen directly instead of through Burn's autotune.
+//! 2-D convolution as one autodiff op of Likeness' own, on the autodiff backends Likeness runs
+//! (see the [module](super) notes; elsewhere, and with `LIKENESS_KERNELS=0`, Burn's `conv2d`).
 //!
-//! Why: a build without Burn's `autotune` feature (no minutes of first-launch tuning) runs
-//! Burn's *direct* convolution, whose 3×3 convolutions took 463 of the 698 ms of an SD 1.5 UNet
-//! forward on an H100 (`docs/perf.md`, session 9); with autotune on, the first launch on a GPU
-//! tunes every convolution shape (forward, data and weight gradients; 148 of 372 tuned shapes
-//! in the built-in world's training). The implicit GEMM is one of the candidates autotune picks
-//! among, on tensor cores, without the tuning.
+//! - **Memory:** Burn's autodiff convolution keeps its input, weight and bias for the backward
+//!   whatever needs a gradient; this op keeps the input only when the weight takes a gradient. In
+//!   LoRA training every convolution is frozen, so no convolution input is kept for it (those that
+//!   another op keeps anyway stay, of course).
+//! - **Kernels:** under [`ConvPolicy::Gemm`], on CUDA and wgpu, its forward, data and weight
+//!   gradients run Burn's implicit-GEMM kernels ([`super::cube::conv`], tensor cores through
+//!   `cmma`) chosen directly instead of through Burn's autotune; under [`ConvPolicy::Burn`] the
+//!   backend's own `conv2d` and its two backward ops, as Burn's autodiff would call them.
 //!
-//! Which backends take the op: see the [module](super) notes; elsewhere Burn's convolution runs.
+//! Why the GEMM: a build without Burn's `autotune` feature (no minutes of first-launch tuning)
+//! runs Burn's *direct* convolution, whose 3×3 convolutions took 463 of the 698 ms of an SD 1.5
+//! UNet forward on an H100 (`docs/perf.md`, session 9); with autotune on, the first launch on a
+//! GPU tunes every convolution shape (forward, data and weight gradients; 148 of 372 tuned
+//! shapes in the built-in world's training). The implicit GEMM is one of the candidates autotune
+//! picks among, without the tuning.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -23,18 +29,23 @@ use burn::tensor::ops::{ConvOptions, FloatTensor};
 
 use super::{downcast, float, for_each_autodiff_backend, wrap};
 
-/// Which convolution kernels run on CUDA and wgpu.
+/// Which convolution runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvPolicy {
-    /// Burn's `conv2d` (autotuned in builds with the `autotune` feature, direct without).
+    /// The op, on the backend's own `conv2d` and its backward ops (autotuned in builds with the
+    /// `autotune` feature, Burn's direct kernels without).
     Burn,
-    /// Burn's implicit-GEMM kernels, chosen without tuning (direct where they cannot run).
+    /// The op, on Burn's implicit-GEMM kernels chosen without tuning (its direct kernels where
+    /// those cannot run); on backends without CubeCL as [`ConvPolicy::Burn`].
     Gemm,
+    /// Not the op: Burn's `conv2d` and Burn's autodiff of it (`LIKENESS_CONV=off`, to measure the
+    /// op against it).
+    Off,
 }
 
 static POLICY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
-/// The policy in force: set by [`set_conv_policy`], else `LIKENESS_CONV` (`gemm` or `burn`), else
+/// The policy in force: set by [`set_conv_policy`], else `LIKENESS_CONV` (`gemm`, `burn`, `off`), else
 /// [`ConvPolicy::Gemm`] in builds without the `autotune` feature and [`ConvPolicy::Burn`] in
 /// builds with it (where Burn's autotune picks among the same kernels and more; which is faster
 /// once tuned is for the GPU benchmark to say).
@@ -43,10 +54,12 @@ pub fn conv_policy() -> ConvPolicy {
     match POLICY.load(Ordering::Relaxed) {
         0 => ConvPolicy::Burn,
         1 => ConvPolicy::Gemm,
+        2 => ConvPolicy::Off,
         _ => {
             let policy = match std::env::var("LIKENESS_CONV").as_deref() {
                 Ok("gemm") => ConvPolicy::Gemm,
                 Ok("burn") => ConvPolicy::Burn,
+                Ok("off") => ConvPolicy::Off,
                 _ if cfg!(feature = "autotune") => ConvPolicy::Burn,
                 _ => ConvPolicy::Gemm,
             };
@@ -74,8 +87,8 @@ pub fn conv2d<B: Backend>(
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
     if super::enabled()
-        && conv_policy() == ConvPolicy::Gemm
-        && let Some(y) = gemm::<B>(&x, &weight, &options)
+        && conv_policy() != ConvPolicy::Off
+        && let Some(y) = op::<B>(&x, &weight, &options)
     {
         return match bias {
             Some(b) => {
@@ -88,8 +101,9 @@ pub fn conv2d<B: Backend>(
     burn::tensor::module::conv2d(x, weight, bias, options)
 }
 
-/// The op without bias, where backend `B` (or the inner backend of its autodiff) runs CubeCL.
-fn gemm<B: Backend>(
+/// The op without bias: the autodiff op on the autodiff backends recognised, the GEMM kernels'
+/// forward on a plain CubeCL backend under [`ConvPolicy::Gemm`], else `None`.
+fn op<B: Backend>(
     x: &Tensor<B, 4>,
     w: &Tensor<B, 4>,
     options: &ConvOptions<2>,
@@ -103,6 +117,9 @@ fn gemm<B: Backend>(
     }
     for_each_autodiff_backend!(attempt);
     // Not an autodiff backend: inference on the plain backend.
+    if conv_policy() != ConvPolicy::Gemm {
+        return None;
+    }
     let y = kernel_forward::<B>(
         float(x.clone()),
         float(w.clone()),
@@ -120,22 +137,8 @@ fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
 ) -> Option<Tensor<B, 4>> {
     type A<I, C> = Autodiff<I, C>;
     let (x, w) = (downcast::<B, A<I, C>, 4>(x)?, downcast::<B, A<I, C>, 4>(w)?);
-    if !applies::<I>() {
-        return None;
-    }
     let out = wrap::<A<I, C>, 4>(tracked::<I, C>(x, w, options));
     downcast(&out)
-}
-
-/// Whether the kernels run on backend `I`.
-fn applies<I: Backend>() -> bool {
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    return super::cube::enabled() && super::cube::applies::<I>();
-    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-    {
-        let _ = std::marker::PhantomData::<I>;
-        false
-    }
 }
 
 fn kernel_forward<I: Backend>(
@@ -145,6 +148,9 @@ fn kernel_forward<I: Backend>(
     w_shape: [usize; 4],
     options: &ConvOptions<2>,
 ) -> Option<FloatTensor<I>> {
+    if conv_policy() != ConvPolicy::Gemm {
+        return None;
+    }
     let dtype = wrap::<I, 4>(x.clone()).dtype();
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     return super::cube::conv::forward::<I>(x, w, x_shape, w_shape, options, dtype);
@@ -162,6 +168,9 @@ fn kernel_data_backward<I: Backend>(
     options: &ConvOptions<2>,
     dtype: DType,
 ) -> Option<FloatTensor<I>> {
+    if conv_policy() != ConvPolicy::Gemm {
+        return None;
+    }
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     return super::cube::conv::data_backward::<I>(dy, w, x_shape, options, dtype);
     #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
@@ -178,6 +187,9 @@ fn kernel_weight_backward<I: Backend>(
     options: &ConvOptions<2>,
     dtype: DType,
 ) -> Option<FloatTensor<I>> {
+    if conv_policy() != ConvPolicy::Gemm {
+        return None;
+    }
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     return super::cube::conv::weight_backward::<I>(x, dy, w_shape, options, dtype);
     #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
@@ -188,37 +200,48 @@ fn kernel_weight_backward<I: Backend>(
 }
 
 #[derive(Debug)]
-struct GemmConv;
+struct Conv;
 
-/// x and w (checkpointed), their shapes and dtypes, and the options.
+/// x (checkpointed, only where the weight takes a gradient), w (only where x does), their shapes
+/// and dtypes, and the options.
 type SavedState = (
-    NodeId,
-    NodeId,
+    Option<NodeId>,
+    Option<NodeId>,
     [usize; 4],
     [usize; 4],
     [DType; 2],
     ConvOptions<2>,
 );
 
-impl<I: Backend> Backward<I, 2> for GemmConv {
+impl<I: Backend> Backward<I, 2> for Conv {
     type State = SavedState;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
         let [node_x, node_w] = ops.parents;
         let dy: FloatTensor<I> = grads.consume::<I>(&ops.node);
         let (x_state, w_state, x_shape, w_shape, [x_dtype, w_dtype], options) = ops.state;
-        let x: FloatTensor<I> = cp.retrieve_node_output(x_state);
-        let w: FloatTensor<I> = cp.retrieve_node_output(w_state);
-        if let Some(node) = node_w {
+        let x: Option<FloatTensor<I>> = x_state.map(|s| cp.retrieve_node_output(s));
+        let w: Option<FloatTensor<I>> = w_state.map(|s| cp.retrieve_node_output(s));
+        if let (Some(node), Some(x)) = (node_w, x.clone()) {
             let dw = kernel_weight_backward::<I>(x.clone(), dy.clone(), w_shape, &options, w_dtype)
                 .unwrap_or_else(|| {
-                    I::conv2d_weight_backward(x.clone(), w.clone(), dy.clone(), options.clone())
+                    // Burn's backward op reads the weight only for its shape and dtype.
+                    let w = w.clone().unwrap_or_else(|| {
+                        I::float_zeros(Shape::new(w_shape), &I::float_device(&x), w_dtype.into())
+                    });
+                    I::conv2d_weight_backward(x, w, dy.clone(), options.clone())
                 });
             grads.register::<I>(node.id, dw);
         }
-        if let Some(node) = node_x {
+        if let (Some(node), Some(w)) = (node_x, w) {
             let dx = kernel_data_backward::<I>(dy.clone(), w.clone(), x_shape, &options, x_dtype)
-                .unwrap_or_else(|| I::conv2d_x_backward(x, w, dy, options.clone()));
+                .unwrap_or_else(|| {
+                    // Burn's backward op reads the input only for its shape and dtype.
+                    let x = x.unwrap_or_else(|| {
+                        I::float_zeros(Shape::new(x_shape), &I::float_device(&w), x_dtype.into())
+                    });
+                    I::conv2d_x_backward(x, w, dy, options.clone())
+                });
             grads.register::<I>(node.id, dx);
         }
     }
@@ -236,14 +259,15 @@ fn tracked<I: Backend, C: CheckpointStrategy>(
         kernel_forward::<I>(x.clone(), w.clone(), x_shape, w_shape, options)
             .unwrap_or_else(|| I::conv2d(x, w, None, options.clone()))
     };
-    match GemmConv
+    match Conv
         .prepare::<C>([x.node.clone(), w.node.clone()])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(mut prep) => {
-            let x_state = prep.checkpoint(&x);
-            let w_state = prep.checkpoint(&w);
+            // The weight's gradient needs x; the input's needs w.
+            let x_state = (!w.node.requirement.is_none()).then(|| prep.checkpoint(&x));
+            let w_state = (!x.node.requirement.is_none()).then(|| prep.checkpoint(&w));
             let y = forward(x.primitive, w.primitive);
             prep.finish(
                 (x_state, w_state, x_shape, w_shape, dtypes, options.clone()),
