@@ -6,7 +6,8 @@
 #   WORLD_SECS=420 [VB=128 UB=256 PROBE_SECS=300 KERNELS=…/kernels.tar.xz] tests/bench/world_gpu.sh
 # Binary: target/bench/likeness (release, `cuda` feature). With Burn's autotune (the default) a
 # fresh card first tunes a few hundred op shapes — carry a kernel cache (KERNELS=) or build with
-# `--no-default-features --features cuda` to train at once on default kernels (docs/perf.md). Writes $OUT (default /tmp/world-gpu):
+# `--no-default-features --features cuda,wgpu,fusion` (session 9's bench binary) to train at once
+# on default kernels and the GEMM convolutions (docs/perf.md). Writes $OUT (default /tmp/world-gpu):
 # world-console.txt (progress, incl. the count of kernels tuned), probe-*.jsonl, the run folder
 # as wrun.tar.xz.* and the kernel cache as kernels.tar.xz.* (15 MB pieces: `cat` them to unpack).
 set -u
