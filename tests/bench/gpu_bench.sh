@@ -9,6 +9,11 @@
 # Writes $OUT (default /tmp/likeness-bench): summary.md (one table), logs.tar.gz, and the kernel
 # cache it filled (kernels.tar.xz.*: autotune results and compiled kernels; unpack a carried copy
 # with KERNELS=path/kernels.tar.xz so a later session on the same card skips the tuning).
+# Session 9's recipe on the lent device (15 minutes in all): build here
+#   cargo build --release -p likeness-cli --no-default-features --features cuda,wgpu,fusion
+# strip it, `xz` it into an ignored folder that travels (`carry`), with the diffusers wheels
+# (.whl) and the GL loaders (.gl, the device README's recipe, for the wgpu rows); there unpack it
+# to target/bench/likeness, `dpkg -x` the loaders, and run `TUNE=0 BUDGET=450` this script.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
