@@ -132,8 +132,7 @@ fn output_shapes_follow_burns() {
         let w = Tensor::<F, 4>::zeros([c_out, xs[1], k, k], &device);
         let opts = options(stride, padding);
         let want = burn::tensor::module::conv2d(x, w, None, opts.clone()).dims();
-        let got =
-            likeness_models::kernels::cube::conv::output_shape(xs, [c_out, xs[1], k, k], &opts);
+        let got = likeness_models::kernels::conv::output_shape(xs, [c_out, xs[1], k, k], &opts);
         assert_eq!(got, want);
     }
 }

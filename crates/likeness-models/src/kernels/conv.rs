@@ -141,6 +141,50 @@ fn attempt<B: Backend, I: Backend, C: CheckpointStrategy>(
     downcast(&out)
 }
 
+/// Which of a convolution's three computations a kernel launch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// `(x, w) → y`.
+    Forward,
+    /// `(dy, w) → dx`.
+    Data,
+    /// `(x, dy) → dw`.
+    Weight,
+}
+
+/// `[n, c_out, h_out, w_out]` of a convolution of `x` (`[n, c_in, h, w]`) by `w`
+/// (`[c_out, c_in / groups, k_h, k_w]`).
+pub fn output_shape(x: [usize; 4], w: [usize; 4], options: &ConvOptions<2>) -> [usize; 4] {
+    let side = |i: usize| {
+        let span = options.dilation[i] * (w[2 + i] - 1) + 1;
+        (x[2 + i] + 2 * options.padding[i]).saturating_sub(span) / options.stride[i] + 1
+    };
+    [x[0], w[0], side(0), side(1)]
+}
+
+/// `pass` on the GEMM kernels, producing a tensor of shape `out` and dtype `dtype`; `None` unless
+/// the policy is [`ConvPolicy::Gemm`] and backend `I` runs CubeCL with the kernels on.
+fn kernel<I: Backend>(
+    pass: Pass,
+    a: FloatTensor<I>,
+    b: FloatTensor<I>,
+    out: [usize; 4],
+    options: &ConvOptions<2>,
+    dtype: DType,
+) -> Option<FloatTensor<I>> {
+    if conv_policy() != ConvPolicy::Gemm {
+        return None;
+    }
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::conv::launch::<I>(pass, a, b, options, out, dtype);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = (pass, a, b, out, options, dtype);
+        None
+    }
+}
+
+/// The forward on the GEMM kernels, in x's dtype (see [`kernel`]).
 fn kernel_forward<I: Backend>(
     x: FloatTensor<I>,
     w: FloatTensor<I>,
@@ -148,55 +192,9 @@ fn kernel_forward<I: Backend>(
     w_shape: [usize; 4],
     options: &ConvOptions<2>,
 ) -> Option<FloatTensor<I>> {
-    if conv_policy() != ConvPolicy::Gemm {
-        return None;
-    }
     let dtype = wrap::<I, 4>(x.clone()).dtype();
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    return super::cube::conv::forward::<I>(x, w, x_shape, w_shape, options, dtype);
-    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-    {
-        let _ = (x, w, x_shape, w_shape, options, dtype);
-        None
-    }
-}
-
-fn kernel_data_backward<I: Backend>(
-    dy: FloatTensor<I>,
-    w: FloatTensor<I>,
-    x_shape: [usize; 4],
-    options: &ConvOptions<2>,
-    dtype: DType,
-) -> Option<FloatTensor<I>> {
-    if conv_policy() != ConvPolicy::Gemm {
-        return None;
-    }
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    return super::cube::conv::data_backward::<I>(dy, w, x_shape, options, dtype);
-    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-    {
-        let _ = (dy, w, x_shape, options, dtype);
-        None
-    }
-}
-
-fn kernel_weight_backward<I: Backend>(
-    x: FloatTensor<I>,
-    dy: FloatTensor<I>,
-    w_shape: [usize; 4],
-    options: &ConvOptions<2>,
-    dtype: DType,
-) -> Option<FloatTensor<I>> {
-    if conv_policy() != ConvPolicy::Gemm {
-        return None;
-    }
-    #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    return super::cube::conv::weight_backward::<I>(x, dy, w_shape, options, dtype);
-    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-    {
-        let _ = (x, dy, w_shape, options, dtype);
-        None
-    }
+    let out = output_shape(x_shape, w_shape, options);
+    kernel::<I>(Pass::Forward, x, w, out, options, dtype)
 }
 
 #[derive(Debug)]
@@ -223,25 +221,39 @@ impl<I: Backend> Backward<I, 2> for Conv {
         let x: Option<FloatTensor<I>> = x_state.map(|s| cp.retrieve_node_output(s));
         let w: Option<FloatTensor<I>> = w_state.map(|s| cp.retrieve_node_output(s));
         if let (Some(node), Some(x)) = (node_w, x.clone()) {
-            let dw = kernel_weight_backward::<I>(x.clone(), dy.clone(), w_shape, &options, w_dtype)
-                .unwrap_or_else(|| {
-                    // Burn's backward op reads the weight only for its shape and dtype.
-                    let w = w.clone().unwrap_or_else(|| {
-                        I::float_zeros(Shape::new(w_shape), &I::float_device(&x), w_dtype.into())
-                    });
-                    I::conv2d_weight_backward(x, w, dy.clone(), options.clone())
+            let dw = kernel::<I>(
+                Pass::Weight,
+                x.clone(),
+                dy.clone(),
+                w_shape,
+                &options,
+                w_dtype,
+            )
+            .unwrap_or_else(|| {
+                // Burn's backward op reads the weight only for its shape and dtype.
+                let w = w.clone().unwrap_or_else(|| {
+                    I::float_zeros(Shape::new(w_shape), &I::float_device(&x), w_dtype.into())
                 });
+                I::conv2d_weight_backward(x, w, dy.clone(), options.clone())
+            });
             grads.register::<I>(node.id, dw);
         }
         if let (Some(node), Some(w)) = (node_x, w) {
-            let dx = kernel_data_backward::<I>(dy.clone(), w.clone(), x_shape, &options, x_dtype)
-                .unwrap_or_else(|| {
-                    // Burn's backward op reads the input only for its shape and dtype.
-                    let x = x.unwrap_or_else(|| {
-                        I::float_zeros(Shape::new(x_shape), &I::float_device(&w), x_dtype.into())
-                    });
-                    I::conv2d_x_backward(x, w, dy, options.clone())
+            let dx = kernel::<I>(
+                Pass::Data,
+                dy.clone(),
+                w.clone(),
+                x_shape,
+                &options,
+                x_dtype,
+            )
+            .unwrap_or_else(|| {
+                // Burn's backward op reads the input only for its shape and dtype.
+                let x = x.unwrap_or_else(|| {
+                    I::float_zeros(Shape::new(x_shape), &I::float_device(&w), x_dtype.into())
                 });
+                I::conv2d_x_backward(x, w, dy, options.clone())
+            });
             grads.register::<I>(node.id, dx);
         }
     }

@@ -14,18 +14,8 @@ use burn_cubecl::kernel::conv::{
 use burn_cubecl::tensor::CubeTensor;
 
 use super::{Apply, KernelOp, applies, enabled};
+use crate::kernels::conv::Pass;
 use burn::prelude::Backend;
-
-/// Which of the three convolutions an operation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    /// `(x, w) → y`.
-    Forward,
-    /// `(dy, w) → dx`.
-    Data,
-    /// `(x, dy) → dw`.
-    Weight,
-}
 
 /// A convolution's settings and the shape of what it produces, copyable into a stream op.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +63,9 @@ impl KernelOp<2, 1> for Conv {
     }
 }
 
-fn launch<I: Backend>(
+/// Runs `pass` of a convolution on `a` and `b` (see [`Pass`]) as one stream operation, producing
+/// `out` in `dtype`; `None` where backend `I` is not a CubeCL backend or the kernels are off.
+pub(crate) fn launch<I: Backend>(
     pass: Pass,
     a: FloatTensor<I>,
     b: FloatTensor<I>,
@@ -100,50 +92,4 @@ fn launch<I: Backend>(
     }
     .apply()?;
     Some(y)
-}
-
-/// `[n, c_out, h_out, w_out]` of a convolution of `x` (`[n, c_in, h, w]`) by `w`
-/// (`[c_out, c_in / groups, k_h, k_w]`).
-pub fn output_shape(x: [usize; 4], w: [usize; 4], options: &ConvOptions<2>) -> [usize; 4] {
-    let side = |i: usize| {
-        let span = options.dilation[i] * (w[2 + i] - 1) + 1;
-        (x[2 + i] + 2 * options.padding[i]).saturating_sub(span) / options.stride[i] + 1
-    };
-    [x[0], w[0], side(0), side(1)]
-}
-
-/// `conv2d(x, w)` without bias, in x's dtype; `None` where backend `I` is not a CubeCL backend
-/// or the kernels are off.
-pub fn forward<I: Backend>(
-    x: FloatTensor<I>,
-    w: FloatTensor<I>,
-    x_shape: [usize; 4],
-    w_shape: [usize; 4],
-    options: &ConvOptions<2>,
-    dtype: DType,
-) -> Option<FloatTensor<I>> {
-    let out = output_shape(x_shape, w_shape, options);
-    launch::<I>(Pass::Forward, x, w, options, out, dtype)
-}
-
-/// The gradient for the input, of shape `x_shape`, from the output's gradient `dy`.
-pub fn data_backward<I: Backend>(
-    dy: FloatTensor<I>,
-    w: FloatTensor<I>,
-    x_shape: [usize; 4],
-    options: &ConvOptions<2>,
-    dtype: DType,
-) -> Option<FloatTensor<I>> {
-    launch::<I>(Pass::Data, dy, w, options, x_shape, dtype)
-}
-
-/// The gradient for the weight, of shape `w_shape`, from the input `x` and `dy`.
-pub fn weight_backward<I: Backend>(
-    x: FloatTensor<I>,
-    dy: FloatTensor<I>,
-    w_shape: [usize; 4],
-    options: &ConvOptions<2>,
-    dtype: DType,
-) -> Option<FloatTensor<I>> {
-    launch::<I>(Pass::Weight, x, dy, options, w_shape, dtype)
 }
