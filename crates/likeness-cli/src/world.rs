@@ -12,8 +12,8 @@ use likeness_train::TrainEvent;
 use likeness_train::optim::LrSchedule;
 use likeness_train::world::{CONCEPTS, write_concept_photos};
 use likeness_train::world_train::{
-    ClipTrainConfig, QualityConfig, QualityTask, UNetTrainConfig, VaeTrainConfig, WorldModelSpec,
-    WorldStage, WorldTrainTask,
+    ClipBindingTask, ClipTrainConfig, QualityConfig, QualityTask, UNetTrainConfig, VaeTrainConfig,
+    WorldModelSpec, WorldStage, WorldTrainTask,
 };
 
 #[derive(Subcommand, Debug, Clone)]
@@ -26,6 +26,21 @@ pub enum WorldCommand {
     Pack(PackArgs),
     /// Measure a world model without CLIP: held-out captions, pictures checked from their pixels.
     Check(CheckArgs),
+    /// Whether a world CLIP tells a held-out scene's caption from the same caption with its
+    /// background or object colour changed (on rendered scenes; chance 0.5).
+    ClipCheck(ClipCheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClipCheckArgs {
+    /// The transformers CLIP folder (`assets/models/world-clip`).
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// Held-out scenes.
+    #[arg(long, default_value_t = 500)]
+    pub scenes: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -119,7 +134,27 @@ pub fn run(cmd: WorldCommand) -> anyhow::Result<()> {
         WorldCommand::Train(a) => train(a),
         WorldCommand::Pack(a) => pack(a),
         WorldCommand::Check(a) => check(a),
+        WorldCommand::ClipCheck(a) => clip_check(a),
     }
+}
+
+fn clip_check(a: ClipCheckArgs) -> anyhow::Result<()> {
+    let task = ClipBindingTask {
+        clip: a.clip.clone(),
+        scenes: a.scenes,
+    };
+    let b = dispatch(a.device, Precision::F32, task)??;
+    println!(
+        "| the true caption beats the same caption with … changed | share of scenes (chance 0.5) |"
+    );
+    println!("|---|---|");
+    println!("| the background colour | {:.3} |", b.background);
+    println!(
+        "| the first object group's colour | {:.3} |",
+        b.object_colour
+    );
+    println!("scenes: {}", b.scenes);
+    Ok(())
 }
 
 fn pack(a: PackArgs) -> anyhow::Result<()> {

@@ -188,3 +188,46 @@ fn training_on_a_given_clip() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `world clip-check`: the committed CLIP's binding rates as a table; a folder that is not a
+/// CLIP is refused in one line.
+#[test]
+fn clip_check_prints_the_binding_rates() {
+    let clip =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/world-clip");
+    let o = likeness()
+        .args([
+            "world",
+            "clip-check",
+            "--scenes",
+            "16",
+            "--device",
+            "cpu",
+            "--clip",
+        ])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rate = |label: &str| -> f32 {
+        let line = out.lines().find(|l| l.contains(label)).expect(label);
+        line.trim_end_matches(" |")
+            .rsplit("| ")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(rate("the background colour") >= 0.9, "{out}");
+    assert!(rate("object group's colour") >= 0.9, "{out}");
+    assert!(out.contains("scenes: 16"), "{out}");
+    let o = likeness()
+        .args(["world", "clip-check", "--device", "cpu", "--clip"])
+        .arg(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -7,6 +7,7 @@
 //! `loss.jsonl`, `checkpoints/step-NNNNNN/`) that ends with the model's own folder.
 
 pub mod clip;
+pub mod clip_probe;
 pub mod quality;
 mod run;
 pub mod tokenizer;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use clip::{ClipTrainConfig, WorldClip, train_clip};
+pub use clip_probe::{ClipBinding, ClipBindingTask, clip_binding};
 pub use quality::{QualityConfig, QualityReport, QualityTask};
 pub use tokenizer::{world_tokenizer, write_tokenizer_files};
 pub use unet::{UNetTrainConfig, train_unet};
