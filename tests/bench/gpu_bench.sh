@@ -4,7 +4,8 @@
 # transformers, peft as wheels in .whl/ when the machine lacks them), same shapes, same card, one
 # invocation. Items run in order of importance, each under its own time limit, until BUDGET seconds
 # (default 500) are spent. Peak GPU memory is nvidia-smi's used memory sampled every 100 ms while
-# an item runs (the same meter for both sides; it includes the CUDA context).
+# an item runs (the same meter for both sides; it includes the CUDA context); "pool MiB" is what
+# Likeness' CubeCL memory pool had reserved after the item (`likeness bench`'s peak column).
 #   BUDGET=500 tests/bench/gpu_bench.sh
 # Writes $OUT (default /tmp/likeness-bench): summary.md (one table), logs.tar.gz, and the kernel
 # cache it filled (kernels.tar.xz.*: autotune results and compiled kernels; unpack a carried copy
@@ -39,8 +40,8 @@ summary="$out/summary.md"
 {
   echo "GPU: $gpu; idle memory used ${base} MiB; $(date -u +%F); $(python3 -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)' 2>&1 | tail -1)"
   echo
-  echo "| item | side | benchmark | mean ms | min ms | runs | first ms | GPU peak MiB | exit |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| item | side | benchmark | mean ms | min ms | runs | first ms | GPU peak MiB | pool MiB | exit |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
 } > "$summary"
 
 # budgeted TAG SIDE LIMIT MIN: prints min(LIMIT, budget left); when under MIN seconds are left,
@@ -48,7 +49,7 @@ summary="$out/summary.md"
 budgeted() {
   local left=$((budget - ($(date +%s) - start)))
   if [ "$left" -lt "$4" ]; then
-    echo "| $1 | $2 | skipped: budget spent | | | | | | |" >> "$summary"
+    echo "| $1 | $2 | skipped: budget spent | | | | | | | |" >> "$summary"
     return 1
   fi
   if [ "$3" -gt "$left" ]; then echo "$left"; else echo "$3"; fi
@@ -85,7 +86,7 @@ except Exception:
 f = lambda v: "" if v is None else f"{v:.1f}"
 for r in rows:
     print(f"| {tag} | {side} | {r['name']} | {f(r['mean_ms'])} | {f(r['min_ms'])} | {r['runs']} "
-          f"| {f(r.get('first_ms'))} | {peak} | {rc} |")
+          f"| {f(r.get('first_ms'))} | {peak} | {f(r.get('peak_mib'))} | {rc} |")
 EOF
 }
 
@@ -108,9 +109,9 @@ for stage, batch in (("vae", 64), ("clip", 256), ("unet", 128)):
         secs = [l["step_secs"] for l in lines]
         med = statistics.median(secs[len(secs) // 2:]) * 1e3
         print(f"| world-probe | likeness | world {stage} step, batch {batch}, 32px | {med:.1f} | "
-              f"{min(secs) * 1e3:.1f} | {len(secs)} | {secs[0] * 1e3:.0f} | | {sys.argv[1]} |")
+              f"{min(secs) * 1e3:.1f} | {len(secs)} | {secs[0] * 1e3:.0f} | | | {sys.argv[1]} |")
     except Exception as e:
-        print(f"| world-probe | likeness | world {stage}: no result ({e}) | | | | | | {sys.argv[1]} |")
+        print(f"| world-probe | likeness | world {stage}: no result ({e}) | | | | | | | {sys.argv[1]} |")
 EOF
 }
 

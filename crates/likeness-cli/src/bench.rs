@@ -58,7 +58,8 @@ struct Row {
     runs: usize,
     /// The untimed first run (kernel compilation and autotuning included), where there is one.
     first_ms: Option<f64>,
-    /// The process's peak resident memory (VmHWM) after the row, on CPU only.
+    /// After the row: the process's peak resident memory (VmHWM) on CPU, the GPU memory pool's
+    /// reserved bytes on a GPU.
     peak_mib: Option<f64>,
 }
 
@@ -470,14 +471,25 @@ fn ops<B: Backend>(
     Ok(rows)
 }
 
-/// Fills in the peak memory column: the process's resident high-water mark on CPU; other
-/// devices' memory is not tracked here.
+/// Fills in the peak memory column: the process's resident high-water mark on CPU; on a GPU what
+/// the CubeCL memory pool has reserved after the rows (it keeps its pages: about the peak need
+/// plus fragmentation; nvidia-smi adds the CUDA context and other processes' memory).
 fn finish_rows(rows: &mut [Row], placement: Placement) {
-    if placement.device == DeviceChoice::Cpu {
-        let peak = peak_rss_mib();
-        for r in rows {
-            r.peak_mib = peak;
-        }
+    let peak = if placement.device == DeviceChoice::Cpu {
+        peak_rss_mib()
+    } else {
+        likeness_models::device::pool_usage(placement.device).map(|(in_use, reserved)| {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            eprintln!(
+                "GPU memory pool: {:.0} MiB in use, {:.0} MiB reserved",
+                mib(in_use),
+                mib(reserved)
+            );
+            mib(reserved)
+        })
+    };
+    for r in rows {
+        r.peak_mib = peak;
     }
 }
 

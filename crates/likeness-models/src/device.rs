@@ -600,3 +600,22 @@ mod kernel_cache_tests {
         }
     }
 }
+
+/// The GPU memory pool of `device`'s runtime, in bytes: `(in use, reserved)` — what live tensors
+/// hold and what the pool has taken from the driver (it keeps its pages, so after a training step
+/// this is about the step's peak need plus fragmentation). `None` on the CPU or when the runtime
+/// cannot say.
+pub fn pool_usage(device: DeviceChoice) -> Option<(u64, u64)> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    fn of<R: cubecl::Runtime>(device: &R::Device) -> Option<(u64, u64)> {
+        let usage = R::client(device).memory_usage().ok()?;
+        Some((usage.bytes_in_use, usage.bytes_reserved))
+    }
+    match device {
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda => of::<cubecl::cuda::CudaRuntime>(&Default::default()),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu => of::<burn::backend::wgpu::WgpuRuntime>(&Default::default()),
+        _ => None,
+    }
+}

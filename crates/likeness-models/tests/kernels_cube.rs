@@ -199,3 +199,20 @@ fn half_precision_follows_f32() {
         assert!(e > 0.0 && e < 1e-2, "{name}: f16 relative error {e:.3e}");
     }
 }
+
+/// `device::pool_usage` reads the wgpu runtime's memory pool: a live 4 MiB tensor is in use and
+/// the pool has reserved at least that; the CPU has no pool.
+#[test]
+fn the_gpu_pool_reports_what_tensors_hold() {
+    use likeness_models::device::{DeviceChoice, pool_usage};
+    if skip() {
+        return;
+    }
+    let t = Tensor::<W, 2>::ones([1024, 1024], &Default::default());
+    assert_eq!(t.clone().sum().into_scalar(), 1024.0 * 1024.0);
+    let (in_use, reserved) = pool_usage(DeviceChoice::Wgpu).expect("the wgpu pool");
+    assert!(in_use >= 4 << 20, "in use {in_use}");
+    assert!(reserved >= in_use, "reserved {reserved} < in use {in_use}");
+    assert_eq!(pool_usage(DeviceChoice::Cpu), None);
+    drop(t);
+}
