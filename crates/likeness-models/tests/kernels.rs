@@ -396,44 +396,6 @@ fn layer_norm_through_the_group_norm_op_matches_burns_autodiff() {
 
 // ---- Convolution (Likeness' autodiff op: keeps the input only where the weight trains) ----
 
-use burn::tensor::ops::ConvOptions;
-use likeness_models::kernels::conv::conv2d;
-
-/// Output and the gradients of x, bias and (if it trains) the weight, by Likeness' op or Burn's.
-fn run_conv<A: burn::tensor::backend::AutodiffBackend>(
-    xs: [usize; 4],
-    c_out: usize,
-    k: usize,
-    stride: usize,
-    weight_trains: bool,
-    ours: bool,
-) -> Vec<Vec<f32>> {
-    let x = seeded::<A, 4>(xs, 91, 0.0, 1.0).require_grad();
-    let mut w = seeded::<A, 4>([c_out, xs[1], k, k], 92, 0.0, 0.3);
-    if weight_trains {
-        w = w.require_grad();
-    }
-    let b = seeded::<A, 1>([c_out], 93, 0.0, 0.5).require_grad();
-    let opts = ConvOptions::new([stride, stride], [k / 2, k / 2], [1, 1], 1);
-    let y = if ours {
-        conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
-    } else {
-        burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
-    };
-    let up = seeded::<A, 4>(y.dims(), 94, 0.0, 1.0);
-    // Through a second op, so the upstream gradient is not the convolution's own output.
-    let g = (y.clone().tanh() * up).sum().backward();
-    let mut out = vec![
-        values(y.inner()),
-        values(x.grad(&g).expect("dx")),
-        values(b.grad(&g).expect("dbias")),
-    ];
-    if let Some(dw) = w.grad(&g) {
-        out.push(values(dw));
-    }
-    out
-}
-
 #[test]
 fn conv_matches_burns_autodiff() {
     for (xs, c_out, k, stride) in [
@@ -444,9 +406,10 @@ fn conv_matches_burns_autodiff() {
         for weight_trains in [true, false] {
             let what =
                 format!("{xs:?} → {c_out}, k {k}, stride {stride}, weight trains {weight_trains}");
-            let want = run_conv::<AD>(xs, c_out, k, stride, weight_trains, false);
-            let got = run_conv::<AD>(xs, c_out, k, stride, weight_trains, true);
-            let got_cp = run_conv::<ADRecompute>(xs, c_out, k, stride, weight_trains, true);
+            let case = (xs, c_out, k, stride, k / 2, weight_trains);
+            let want = common::conv_grads::<AD>(case, 91, false);
+            let got = common::conv_grads::<AD>(case, 91, true);
+            let got_cp = common::conv_grads::<ADRecompute>(case, 91, true);
             assert_eq!(want.len(), if weight_trains { 4 } else { 3 }, "{what}");
             assert_eq!(got.len(), want.len(), "{what}: a gradient missing or extra");
             for (k, name) in ["y", "dx", "dbias", "dweight"]

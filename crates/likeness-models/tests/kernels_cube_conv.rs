@@ -8,9 +8,8 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::ConvOptions;
-use common::{assert_close, numbers, tensor, values};
+use common::{ConvCase, assert_close, numbers, tensor, values};
 use likeness_models::kernels::conv::{ConvPolicy, conv2d, set_conv_policy};
 
 type W = burn::backend::Wgpu<f32>;
@@ -25,7 +24,7 @@ fn skip() -> bool {
 /// (a full fine-tune) or not (LoRA: frozen convolutions). Between them: the UNet's 3×3 and 1×1
 /// convolutions, its strided downsampler (whose input gradient Burn computes without the GEMM),
 /// odd sizes and channel counts that fill no tile.
-const CASES: [([usize; 4], usize, usize, usize, usize, bool); 5] = [
+const CASES: [ConvCase; 5] = [
     ([1, 4, 9, 9], 8, 3, 1, 1, true),
     ([2, 8, 8, 8], 8, 3, 2, 1, true),
     ([1, 6, 5, 7], 6, 1, 1, 0, true),
@@ -37,42 +36,6 @@ fn options(stride: usize, padding: usize) -> ConvOptions<2> {
     ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1)
 }
 
-fn grads<A: AutodiffBackend>(
-    case: ([usize; 4], usize, usize, usize, usize, bool),
-    seed: u64,
-    reference: bool,
-) -> Vec<Vec<f32>> {
-    let (xs, c_out, k, stride, padding, weight_grad) = case;
-    let ws = [c_out, xs[1], k, k];
-    let x = tensor::<A, 4>(&numbers(xs.iter().product(), seed, 0.0, 1.0), xs).require_grad();
-    let mut w = tensor::<A, 4>(&numbers(ws.iter().product(), seed + 1, 0.0, 0.3), ws);
-    if weight_grad {
-        w = w.require_grad();
-    }
-    let b = tensor::<A, 1>(&numbers(c_out, seed + 2, 0.0, 0.5), [c_out]).require_grad();
-    let opts = options(stride, padding);
-    let y = if reference {
-        burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
-    } else {
-        conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
-    };
-    let up = tensor::<A, 4>(
-        &numbers(y.dims().iter().product(), seed + 3, 0.0, 1.0),
-        y.dims(),
-    );
-    let g = (y.clone() * up).sum().backward();
-    let mut out = vec![
-        values(y.inner()),
-        values(x.grad(&g).expect("dx")),
-        values(b.grad(&g).expect("dbias")),
-    ];
-    match w.grad(&g) {
-        Some(dw) => out.push(values(dw)),
-        None => assert!(!weight_grad, "a weight that asked for a gradient got none"),
-    }
-    out
-}
-
 #[test]
 fn training_on_wgpu_matches_burns_conv_on_the_cpu() {
     if skip() {
@@ -80,8 +43,8 @@ fn training_on_wgpu_matches_burns_conv_on_the_cpu() {
     }
     for (i, case) in CASES.into_iter().enumerate() {
         let seed = 11 + 10 * i as u64;
-        let want = grads::<Autodiff<F>>(case, seed, true);
-        let got = grads::<Autodiff<W>>(case, seed, false);
+        let want = common::conv_grads::<Autodiff<F>>(case, seed, false);
+        let got = common::conv_grads::<Autodiff<W>>(case, seed, true);
         assert_eq!(got.len(), want.len(), "{case:?}");
         for (k, name) in ["out", "dx", "dbias", "dweight"]
             .iter()

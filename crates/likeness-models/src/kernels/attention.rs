@@ -115,36 +115,21 @@ pub enum KernelPolicy {
     Always,
 }
 
-static POLICY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+static POLICY: super::Setting = super::Setting::new();
 
 /// The policy in force: set by [`set_kernel_policy`], else `LIKENESS_ATTENTION_KERNEL`
 /// (`always`), else [`KernelPolicy::BySize`].
 pub fn kernel_policy() -> KernelPolicy {
-    use std::sync::atomic::Ordering;
-    match POLICY.load(Ordering::Relaxed) {
-        0 => KernelPolicy::BySize,
+    let always = || std::env::var("LIKENESS_ATTENTION_KERNEL").as_deref() == Ok("always");
+    match POLICY.get(|| always() as u8) {
         1 => KernelPolicy::Always,
-        _ => {
-            let always = std::env::var("LIKENESS_ATTENTION_KERNEL").as_deref() == Ok("always");
-            let policy = if always {
-                KernelPolicy::Always
-            } else {
-                KernelPolicy::BySize
-            };
-            let _ = POLICY.compare_exchange(
-                u8::MAX,
-                policy as u8,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            kernel_policy()
-        }
+        _ => KernelPolicy::BySize,
     }
 }
 
 /// Sets the policy for the rest of the process.
 pub fn set_kernel_policy(policy: KernelPolicy) {
-    POLICY.store(policy as u8, std::sync::atomic::Ordering::Relaxed);
+    POLICY.set(policy as u8);
 }
 
 /// Whether the kernels take an attention of `n_q` queries over `n_k` keys under `policy`.

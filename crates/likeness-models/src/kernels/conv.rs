@@ -43,40 +43,30 @@ pub enum ConvPolicy {
     Off,
 }
 
-static POLICY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+static POLICY: super::Setting = super::Setting::new();
 
 /// The policy in force: set by [`set_conv_policy`], else `LIKENESS_CONV` (`gemm`, `burn`, `off`), else
 /// [`ConvPolicy::Gemm`] in builds without the `autotune` feature and [`ConvPolicy::Burn`] in
 /// builds with it (where Burn's autotune picks among the same kernels and more; which is faster
 /// once tuned is for the GPU benchmark to say).
 pub fn conv_policy() -> ConvPolicy {
-    use std::sync::atomic::Ordering;
-    match POLICY.load(Ordering::Relaxed) {
+    let from_env = || match std::env::var("LIKENESS_CONV").as_deref() {
+        Ok("gemm") => ConvPolicy::Gemm,
+        Ok("burn") => ConvPolicy::Burn,
+        Ok("off") => ConvPolicy::Off,
+        _ if cfg!(feature = "autotune") => ConvPolicy::Burn,
+        _ => ConvPolicy::Gemm,
+    };
+    match POLICY.get(|| from_env() as u8) {
         0 => ConvPolicy::Burn,
         1 => ConvPolicy::Gemm,
-        2 => ConvPolicy::Off,
-        _ => {
-            let policy = match std::env::var("LIKENESS_CONV").as_deref() {
-                Ok("gemm") => ConvPolicy::Gemm,
-                Ok("burn") => ConvPolicy::Burn,
-                Ok("off") => ConvPolicy::Off,
-                _ if cfg!(feature = "autotune") => ConvPolicy::Burn,
-                _ => ConvPolicy::Gemm,
-            };
-            let _ = POLICY.compare_exchange(
-                u8::MAX,
-                policy as u8,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            conv_policy()
-        }
+        _ => ConvPolicy::Off,
     }
 }
 
 /// Sets the policy for the rest of the process.
 pub fn set_conv_policy(policy: ConvPolicy) {
-    POLICY.store(policy as u8, std::sync::atomic::Ordering::Relaxed);
+    POLICY.set(policy as u8);
 }
 
 /// `torch.nn.functional.conv2d`: `x` `[n, c_in, h, w]`, `weight` `[c_out, c_in / groups, k_h, k_w]`.

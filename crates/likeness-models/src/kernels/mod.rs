@@ -32,6 +32,40 @@ pub fn enabled() -> bool {
     })
 }
 
+/// A process-wide choice stored as a small number: set explicitly, else decided once (from the
+/// environment) on first read. The kernels' policies (`attention::kernel_policy`,
+/// `conv::conv_policy`) are each one of these.
+struct Setting(std::sync::atomic::AtomicU8);
+
+impl Setting {
+    const UNSET: u8 = u8::MAX;
+
+    const fn new() -> Self {
+        Self(std::sync::atomic::AtomicU8::new(Self::UNSET))
+    }
+
+    /// The value set, else `decide()` (kept unless a `set` came first).
+    fn get(&self, decide: impl FnOnce() -> u8) -> u8 {
+        use std::sync::atomic::Ordering;
+        let v = self.0.load(Ordering::Relaxed);
+        if v != Self::UNSET {
+            return v;
+        }
+        let decided = decide();
+        match self
+            .0
+            .compare_exchange(Self::UNSET, decided, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => decided,
+            Err(set) => set,
+        }
+    }
+
+    fn set(&self, v: u8) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `t` as a tensor of backend `A`, if `B` is `A`.
 fn downcast<B: Backend, A: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Tensor<A, D>> {
     (t as &dyn Any).downcast_ref::<Tensor<A, D>>().cloned()
@@ -99,5 +133,23 @@ trait ToDtype {
 impl<B: Backend, const D: usize> ToDtype for Tensor<B, D> {
     fn to_dtype(self, dtype: burn::tensor::DType) -> Self {
         crate::nn::in_dtype(self, dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Setting;
+
+    /// Decided once on first read; a `set` wins over the decision, before or after it.
+    #[test]
+    fn a_setting_is_decided_once_and_set_wins() {
+        let s = Setting::new();
+        assert_eq!(s.get(|| 2), 2);
+        assert_eq!(s.get(|| unreachable!("decided already")), 2);
+        s.set(1);
+        assert_eq!(s.get(|| unreachable!("set")), 1);
+        let t = Setting::new();
+        t.set(0);
+        assert_eq!(t.get(|| 2), 0);
     }
 }

@@ -104,3 +104,49 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32]) {
     println!("{what}: relative error {e:.3e}");
     assert!(e <= 1e-4, "{what}: relative error {e:.3e} > 1e-4");
 }
+
+/// A convolution case: input `[n, c_in, h, w]`, output channels, kernel, stride, padding, and
+/// whether the weight takes a gradient (a full fine-tune) or not (LoRA: frozen convolutions).
+pub type ConvCase = ([usize; 4], usize, usize, usize, usize, bool);
+
+/// Output and the gradients of x, bias and (where it trains) the weight of a biased convolution —
+/// Likeness' op (`ours`) or Burn's `conv2d` — under an upstream gradient through `tanh` (so it is
+/// not the convolution's own output). Panics if a trained weight gets no gradient.
+pub fn conv_grads<A: burn::tensor::backend::AutodiffBackend>(
+    case: ConvCase,
+    seed: u64,
+    ours: bool,
+) -> Vec<Vec<f32>> {
+    let (xs, c_out, k, stride, padding, weight_trains) = case;
+    let ws = [c_out, xs[1], k, k];
+    let x = tensor::<A, 4>(&numbers(xs.iter().product(), seed, 0.0, 1.0), xs).require_grad();
+    let mut w = tensor::<A, 4>(&numbers(ws.iter().product(), seed + 1, 0.0, 0.3), ws);
+    if weight_trains {
+        w = w.require_grad();
+    }
+    let b = tensor::<A, 1>(&numbers(c_out, seed + 2, 0.0, 0.5), [c_out]).require_grad();
+    let opts = burn::tensor::ops::ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+    let y = if ours {
+        likeness_models::kernels::conv::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
+    } else {
+        burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
+    };
+    let up = tensor::<A, 4>(
+        &numbers(y.dims().iter().product(), seed + 3, 0.0, 1.0),
+        y.dims(),
+    );
+    let g = (y.clone().tanh() * up).sum().backward();
+    let mut out = vec![
+        values(y.inner()),
+        values(x.grad(&g).expect("dx")),
+        values(b.grad(&g).expect("dbias")),
+    ];
+    match w.grad(&g) {
+        Some(dw) => out.push(values(dw)),
+        None => assert!(
+            !weight_trains,
+            "a weight that asked for a gradient got none"
+        ),
+    }
+    out
+}
