@@ -109,6 +109,11 @@ pub struct TrainArgs {
     /// and colours are decided, count more; kept by a resumed run unless given again.
     #[arg(long)]
     pub unet_min_snr_gamma: Option<f64>,
+    /// Loss weight of the latent cells that hold part of an object (others weigh 1), so the
+    /// few cells that carry an object's colour are not drowned by the background's; kept by a
+    /// resumed run unless given again.
+    #[arg(long)]
+    pub unet_object_weight: Option<f64>,
     /// Multiplies every stage's default learning rate (e.g. 2 with batches twice the default).
     #[arg(long, default_value_t = 1.0)]
     pub lr_scale: f64,
@@ -387,6 +392,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let mut unet = UNetTrainConfig::new(spec, vae_run.join("vae"), clip_dir.clone(), a.unet_steps);
     shared_settings!(unet, a.unet_batch);
     unet.min_snr_gamma = a.unet_min_snr_gamma;
+    unet.object_weight = a.unet_object_weight;
     stage(
         "unet",
         WorldStage::UNet(unet),

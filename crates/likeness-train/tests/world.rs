@@ -448,3 +448,48 @@ fn builtin_models_load_and_draw() {
     let embeds: Vec<f32> = clip.text_embeds(ids).unwrap().into_data().to_vec().unwrap();
     assert!(embeds.iter().all(|v| v.is_finite()) && embeds.iter().any(|v| *v != 0.0));
 }
+
+#[test]
+fn object_cells_mark_where_the_objects_are() {
+    let (size, cell) = (32u32, 4u32);
+    let side = size / cell;
+    let mut marked_total = 0usize;
+    for seed in 0..100 {
+        let scene = scene(seed);
+        let cells = object_cells(&scene, size, cell);
+        assert_eq!(cells.len(), (side * side) as usize);
+        let placements = scene.placements(size);
+        let centre_of = |i: usize| {
+            let (cx, cy) = ((i as u32 % side) as f32, (i as u32 / side) as f32);
+            ((cx + 0.5) * cell as f32, (cy + 0.5) * cell as f32)
+        };
+        let half_diagonal = cell as f32 * std::f32::consts::SQRT_2 / 2.0;
+        // Every marked cell lies within an object's reach, and every object marks a cell
+        // within its radius.
+        for (i, _) in cells.iter().enumerate().filter(|(_, m)| **m) {
+            let (x, y) = centre_of(i);
+            assert!(
+                placements.iter().any(|p| {
+                    (x - p.centre.0).hypot(y - p.centre.1) <= p.radius + half_diagonal + 1.0
+                }),
+                "seed {seed}: cell {i} is marked but far from every object"
+            );
+        }
+        for p in &placements {
+            assert!(
+                cells.iter().enumerate().any(|(i, m)| {
+                    let (x, y) = centre_of(i);
+                    *m && (x - p.centre.0).hypot(y - p.centre.1) <= p.radius + half_diagonal
+                }),
+                "seed {seed}: an object at {:?} marks no cell",
+                p.centre
+            );
+        }
+        let marked = cells.iter().filter(|m| **m).count();
+        assert!(marked < cells.len(), "seed {seed}: every cell marked");
+        marked_total += marked;
+    }
+    let share = marked_total as f64 / (100 * side * side) as f64;
+    eprintln!("object cells: {share:.3} of the 8x8 grid");
+    assert!(share > 0.02 && share < 0.6, "{share}");
+}

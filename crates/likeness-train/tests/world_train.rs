@@ -255,19 +255,28 @@ fn unet_trains_on_the_world_models_and_writes_a_pipeline() {
 
     // Min-SNR-γ weighting: the same first step (same seed, weights, noise and timesteps) with
     // every picture's loss weighted by min(snr, 5) / snr ≤ 1, lower where a timestep's SNR is
-    // above 5 (some of 16 drawn timesteps are); a γ that is not positive is refused.
-    let first_loss = |gamma: Option<f64>, name: &str| {
+    // above 5 (some of 16 drawn timesteps are); a γ that is not positive is refused. The object
+    // cells' weight: 1 is the plain loss, 20 moves it (the cells with objects err differently
+    // from the background's), and a weight that is not positive is refused.
+    let first_loss = |gamma: Option<f64>, object: Option<f64>, name: &str| {
         let mut c = config.clone();
         c.steps = 1;
         c.batch = 16;
         c.min_snr_gamma = gamma;
+        c.object_weight = object;
         train_unet::<B>(&c, &tmp.join(name), &device, &mut |_| {}, &quiet).map(|o| o.losses[0])
     };
-    let plain = first_loss(None, "plain").unwrap();
-    let weighted = first_loss(Some(5.0), "min-snr").unwrap();
+    let plain = first_loss(None, None, "plain").unwrap();
+    let weighted = first_loss(Some(5.0), None, "min-snr").unwrap();
     eprintln!("first step: plain {plain:.5}, Min-SNR-5 {weighted:.5}");
     assert!(weighted.is_finite() && weighted > 0.0 && weighted < 0.99 * plain);
-    assert!(first_loss(Some(0.0), "bad-gamma").is_err());
+    assert!(first_loss(Some(0.0), None, "bad-gamma").is_err());
+    let unit = first_loss(None, Some(1.0), "object-1").unwrap();
+    let heavy = first_loss(None, Some(20.0), "object-20").unwrap();
+    eprintln!("first step: object weight 1 {unit:.5}, 20 {heavy:.5}");
+    assert!((unit - plain).abs() <= 1e-5 * plain, "{unit} vs {plain}");
+    assert!(heavy.is_finite() && (heavy - plain).abs() > 1e-3 * plain);
+    assert!(first_loss(None, Some(-1.0), "bad-weight").is_err());
 
     let model =
         StableDiffusion::<B>::load(&pipeline_dir(&unet_run), &LoadOptions::default(), &device)

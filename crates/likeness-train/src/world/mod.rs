@@ -23,7 +23,7 @@ pub use concepts::{
 };
 pub use parse::{BackgroundRequest, GroupRequest, ParsedPrompt, parse_caption};
 pub use prompts::{concept_template_split, concept_templates};
-pub use render::{render, render_background};
+pub use render::{object_cells, render, render_background};
 pub use scene::{
     Background, Colour, ObjectGroup, Pattern, Placement, Position, Rect, Scene, Shape, Size,
     WorldSpec, rgb_distance,

@@ -28,6 +28,25 @@ pub fn render_background(background: &Background, size: u32) -> RgbImage {
     rasterise(size, |x, y| background_at(&background, size, x, y))
 }
 
+/// Which cells of a `cell` x `cell` grid over the `size`-pixel picture hold any part of an
+/// object: a cell counts when one of its pixels differs from the background alone. Row-major,
+/// `size / cell` cells a side (a partial last cell is dropped). The UNet trainer weights the
+/// loss of these latent cells (`--unet-object-weight`).
+pub fn object_cells(scene: &Scene, size: u32, cell: u32) -> Vec<bool> {
+    let cell = cell.max(1);
+    let side = size / cell;
+    let drawn = render(scene, size);
+    let bare = render_background(&scene.background, size);
+    let mut cells = vec![false; (side * side) as usize];
+    for (x, y, px) in drawn.enumerate_pixels() {
+        let (cx, cy) = (x / cell, y / cell);
+        if cx < side && cy < side && px != bare.get_pixel(x, y) {
+            cells[(cy * side + cx) as usize] = true;
+        }
+    }
+    cells
+}
+
 /// Builds an image by averaging `paint` over a grid of samples inside every pixel.
 pub(crate) fn rasterise(size: u32, paint: impl Fn(f32, f32) -> [u8; 3]) -> RgbImage {
     let size = size.max(1);

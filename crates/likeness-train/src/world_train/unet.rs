@@ -34,7 +34,7 @@ use crate::error::{Result, TrainError};
 use crate::events::{TrainEvent, TrainOutcome};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::trainable::{load_by_path, weights_by_path};
-use crate::world::{WorldSpec, dataset_item, render};
+use crate::world::{WorldSpec, dataset_item, object_cells, render};
 
 /// The UNet weights of a checkpoint, with diffusers' key names.
 pub const UNET_FILE: &str = "unet.safetensors";
@@ -67,6 +67,12 @@ pub struct UNetTrainConfig {
     /// ones that decide layout and colours. `None` (the default): every timestep counts alike.
     #[serde(default)]
     pub min_snr_gamma: Option<f64>,
+    /// Loss weight of the latent cells that hold part of an object (the others weigh 1; each
+    /// picture's weighted mean, so every picture still counts alike). The world's objects cover
+    /// a few of the 8×8 cells, and their colour is what the caption binds hardest; `None` (the
+    /// default) weighs every cell alike.
+    #[serde(default)]
+    pub object_weight: Option<f64>,
     pub checkpoint_every: usize,
     pub adam: AdamWConfig,
 }
@@ -87,6 +93,7 @@ impl UNetTrainConfig {
             pool: None,
             caption_dropout: 0.1,
             min_snr_gamma: None,
+            object_weight: None,
             checkpoint_every: 500,
             adam: AdamWConfig::default(),
         }
@@ -100,7 +107,7 @@ pub fn pipeline_dir(run_dir: &Path) -> PathBuf {
 
 /// Trains (or continues) the world's UNet on backend `B` through `Autodiff<B>`, then writes
 /// `run_dir/pipeline/`. On resume the saved settings are kept except `steps` and, when given,
-/// `min_snr_gamma`.
+/// `min_snr_gamma` and `object_weight`.
 pub fn train_unet<B: Backend>(
     config: &UNetTrainConfig,
     run_dir: &Path,
@@ -130,6 +137,14 @@ fn run_unet<B: Backend>(
             "the Min-SNR γ must be a positive number".into(),
         ));
     }
+    if config
+        .object_weight
+        .is_some_and(|w| !(w > 0.0 && w.is_finite()))
+    {
+        return Err(TrainError::Invalid(
+            "the object cells' loss weight must be a positive number".into(),
+        ));
+    }
     let OpenedRun {
         run,
         settings: config,
@@ -138,6 +153,7 @@ fn run_unet<B: Backend>(
         UNetTrainConfig {
             steps: config.steps,
             min_snr_gamma: config.min_snr_gamma.or(saved.min_snr_gamma),
+            object_weight: config.object_weight.or(saved.object_weight),
             ..saved
         }
     })?;
@@ -178,10 +194,15 @@ fn run_unet<B: Backend>(
         let mut rng = StdRng::seed_from_u64(config.seed ^ (step as u64).rotate_left(23));
         let mut pixels = Vec::with_capacity(n * 3 * size * size);
         let mut ids = Vec::new();
+        let mut cell_weights = Vec::new();
         for i in step * n..(step + 1) * n {
             let index = config.pool.map_or(i, |p| i % p.max(1)) as u64;
             let (scene, caption) = dataset_item(config.seed, index, &world);
             pixels.extend(to_signed_chw(&render(&scene, size as u32)));
+            if let Some(w) = config.object_weight {
+                let cells = object_cells(&scene, size as u32, (size / ls) as u32);
+                cell_weights.extend(cells.iter().map(|&o| if o { w as f32 } else { 1.0 }));
+            }
             let caption = if rng.random::<f64>() < config.caption_dropout {
                 String::new()
             } else {
@@ -218,12 +239,25 @@ fn run_unet<B: Backend>(
             Tensor::from_inner(hidden),
         );
         let squared = (pred - Tensor::from_inner(target)).powi_scalar(2);
+        let per_picture: Tensor<AB<B>, 1> = if config.object_weight.is_some() {
+            // Each picture's mean over channels and cells, a cell's error counted `w` times.
+            let w = Tensor::<AB<B>, 4>::from_data(
+                TensorData::new(cell_weights, [n, 1, ls, ls]),
+                device,
+            );
+            let total = w.clone().sum_dim(2).sum_dim(3).reshape([n]) * lc as f32;
+            (squared * w)
+                .reshape([n as i64, -1])
+                .sum_dim(1)
+                .reshape([n])
+                / total
+        } else {
+            squared.reshape([n as i64, -1]).mean_dim(1).reshape([n])
+        };
         Ok(match config.min_snr_gamma {
-            None => squared.mean(),
+            None => per_picture.mean(),
             Some(gamma) => {
                 let weights = schedule.min_snr_weights::<AB<B>>(&ts, gamma, device);
-                let per_picture: Tensor<AB<B>, 1> =
-                    squared.reshape([n as i64, -1]).mean_dim(1).reshape([n]);
                 (per_picture * weights).mean()
             }
         })
