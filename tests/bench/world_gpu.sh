@@ -3,7 +3,9 @@
 # the committed CLIP (`--clip assets/models/world-clip`): a 30-step probe of each stage measures
 # the step time (and fills the kernel cache: on a new card the first steps tune every op shape),
 # then the step counts are set to fill the time left, with a cosine schedule over them.
-#   WORLD_SECS=420 [VB=128 UB=256 PROBE_SECS=300 KERNELS=…/kernels.tar.xz] tests/bench/world_gpu.sh
+#   WORLD_SECS=420 [VB=128 UB=256 PROBE_SECS=300 OBJECT_WEIGHT=4 KERNELS=…/kernels.tar.xz] \
+#     tests/bench/world_gpu.sh
+# (OBJECT_WEIGHT: `--unet-object-weight`, 4 as the committed UNet's last leg; export it.)
 # Binary: target/bench/likeness (release, `cuda` feature). With Burn's autotune (the default) a
 # fresh card first tunes a few hundred op shapes — carry a kernel cache (KERNELS=) or build with
 # `--no-default-features --features cuda,wgpu,fusion` (session 9's bench binary) to train at once
@@ -28,7 +30,7 @@ dev="${DEV:-cuda}"
 log="$OUT/world-console.txt"
 train() {
   "$B" world train --device "$dev" --clip assets/models/world-clip --vae-batch "$VB" \
-    --unet-batch "$UB" --lr-scale "${LR_SCALE:-1.5}" "$@"
+    --unet-batch "$UB" --lr-scale "${LR_SCALE:-1.5}" --unet-object-weight "${OBJECT_WEIGHT:-4}" "$@"
 }
 rm -rf /tmp/probe /tmp/wrun
 timeout "${PROBE_SECS:-300}" bash -c "$(declare -f train); B=$B dev=$dev VB=$VB UB=$UB \
