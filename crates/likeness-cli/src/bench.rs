@@ -151,14 +151,16 @@ impl BackendTask for BenchTask {
             return Ok(rows);
         }
         if a.only == "dpo-step" {
-            rows.push(dpo_step::<B>(&model, &a, &label, &device)?);
+            rows.push(dpo_step::<B>(&model, &a, &label, &device, placement)?);
         } else if a.only == "db-step" {
             use burn::backend::Autodiff;
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
             rows.push(if a.gradient_checkpointing {
-                db_step::<B, Autodiff<B, BalancedCheckpointing>>(&model, &a, &label, &device)?
+                db_step::<B, Autodiff<B, BalancedCheckpointing>>(
+                    &model, &a, &label, &device, placement,
+                )?
             } else {
-                db_step::<B, Autodiff<B>>(&model, &a, &label, &device)?
+                db_step::<B, Autodiff<B>>(&model, &a, &label, &device, placement)?
             });
         }
         if matches!(a.only.as_str(), "dpo-step" | "db-step") {
@@ -493,6 +495,19 @@ fn finish_rows(rows: &mut [Row], placement: Placement) {
     }
 }
 
+/// After a training step on a GPU: the memory pool's bytes in use and reserved, so a step that
+/// grows (session 9's DPO step on CUDA: 2.4 s, then 7.5 s) shows whether the pool grows with it.
+fn pool_note(placement: Placement) -> String {
+    likeness_models::device::pool_usage(placement.device).map_or_else(String::new, |(u, r)| {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        format!(
+            ", pool {:.0} MiB in use, {:.0} MiB reserved",
+            mib(u),
+            mib(r)
+        )
+    })
+}
+
 /// VmHWM from /proc/self/status in MiB (None where it cannot be read, e.g. off Linux).
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -510,6 +525,7 @@ fn db_step<B, AB>(
     a: &BenchArgs,
     label: &str,
     device: &B::Device,
+    placement: Placement,
 ) -> likeness_models::Result<Row>
 where
     B: Backend,
@@ -568,8 +584,9 @@ where
         let ms = began.elapsed().as_secs_f64() * 1e3;
         times.push(ms);
         eprintln!(
-            "db step {i}: {ms:.1} ms{}",
-            if i == 0 { " (warm-up)" } else { "" }
+            "db step {i}: {ms:.1} ms{}{}",
+            if i == 0 { " (warm-up)" } else { "" },
+            pool_note(placement)
         );
     }
     Ok(row(
@@ -594,6 +611,7 @@ fn dpo_step<B: Backend>(
     a: &BenchArgs,
     label: &str,
     device: &B::Device,
+    placement: Placement,
 ) -> likeness_models::Result<Row> {
     use burn::backend::Autodiff;
     use burn::module::AutodiffModule;
@@ -639,8 +657,9 @@ fn dpo_step<B: Backend>(
         let ms = began.elapsed().as_secs_f64() * 1e3;
         times.push(ms);
         eprintln!(
-            "dpo step {i}: {ms:.1} ms{}",
-            if i == 0 { " (warm-up)" } else { "" }
+            "dpo step {i}: {ms:.1} ms{}{}",
+            if i == 0 { " (warm-up)" } else { "" },
+            pool_note(placement)
         );
     }
     Ok(row(
