@@ -480,14 +480,9 @@ fn finish_rows(rows: &mut [Row], placement: Placement) {
     let peak = if placement.device == DeviceChoice::Cpu {
         peak_rss_mib()
     } else {
-        likeness_models::device::pool_usage(placement.device).map(|(in_use, reserved)| {
-            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-            eprintln!(
-                "GPU memory pool: {:.0} MiB in use, {:.0} MiB reserved",
-                mib(in_use),
-                mib(reserved)
-            );
-            mib(reserved)
+        pool_mib(placement).map(|(in_use, reserved)| {
+            eprintln!("GPU memory pool: {in_use:.0} MiB in use, {reserved:.0} MiB reserved");
+            reserved
         })
     };
     for r in rows {
@@ -495,16 +490,17 @@ fn finish_rows(rows: &mut [Row], placement: Placement) {
     }
 }
 
+/// The GPU memory pool's bytes in use and reserved, in MiB (None on the CPU).
+fn pool_mib(placement: Placement) -> Option<(f64, f64)> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    likeness_models::device::pool_usage(placement.device).map(|(u, r)| (mib(u), mib(r)))
+}
+
 /// After a training step on a GPU: the memory pool's bytes in use and reserved, so a step that
 /// grows (session 9's DPO step on CUDA: 2.4 s, then 7.5 s) shows whether the pool grows with it.
 fn pool_note(placement: Placement) -> String {
-    likeness_models::device::pool_usage(placement.device).map_or_else(String::new, |(u, r)| {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        format!(
-            ", pool {:.0} MiB in use, {:.0} MiB reserved",
-            mib(u),
-            mib(r)
-        )
+    pool_mib(placement).map_or_else(String::new, |(u, r)| {
+        format!(", pool {u:.0} MiB in use, {r:.0} MiB reserved")
     })
 }
 

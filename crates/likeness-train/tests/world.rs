@@ -456,7 +456,7 @@ fn object_cells_mark_where_the_objects_are() {
     let mut marked_total = 0usize;
     for seed in 0..100 {
         let scene = scene(seed);
-        let cells = object_cells(&scene, size, cell);
+        let cells = object_cells(&render(&scene, size), &scene.background, cell);
         assert_eq!(cells.len(), (side * side) as usize);
         let placements = scene.placements(size);
         let centre_of = |i: usize| {

@@ -28,15 +28,15 @@ pub fn render_background(background: &Background, size: u32) -> RgbImage {
     rasterise(size, |x, y| background_at(&background, size, x, y))
 }
 
-/// Which cells of a `cell` x `cell` grid over the `size`-pixel picture hold any part of an
-/// object: a cell counts when one of its pixels differs from the background alone. Row-major,
-/// `size / cell` cells a side (a partial last cell is dropped). The UNet trainer weights the
-/// loss of these latent cells (`--unet-object-weight`).
-pub fn object_cells(scene: &Scene, size: u32, cell: u32) -> Vec<bool> {
+/// Which cells of a `cell` x `cell` grid over `drawn` (a scene rendered with [`render`]) hold
+/// any part of an object: a cell counts when one of its pixels differs from the scene's
+/// `background` alone. Row-major, `side / cell` cells a side (a partial last cell is dropped).
+/// The UNet trainer weights the loss of these latent cells (`--unet-object-weight`).
+pub fn object_cells(drawn: &RgbImage, background: &Background, cell: u32) -> Vec<bool> {
     let cell = cell.max(1);
+    let size = drawn.width();
     let side = size / cell;
-    let drawn = render(scene, size);
-    let bare = render_background(&scene.background, size);
+    let bare = render_background(background, size);
     let mut cells = vec![false; (side * side) as usize];
     for (x, y, px) in drawn.enumerate_pixels() {
         let (cx, cy) = (x / cell, y / cell);

@@ -198,9 +198,10 @@ fn run_unet<B: Backend>(
         for i in step * n..(step + 1) * n {
             let index = config.pool.map_or(i, |p| i % p.max(1)) as u64;
             let (scene, caption) = dataset_item(config.seed, index, &world);
-            pixels.extend(to_signed_chw(&render(&scene, size as u32)));
+            let drawn = render(&scene, size as u32);
+            pixels.extend(to_signed_chw(&drawn));
             if let Some(w) = config.object_weight {
-                let cells = object_cells(&scene, size as u32, (size / ls) as u32);
+                let cells = object_cells(&drawn, &scene.background, (size / ls) as u32);
                 cell_weights.extend(cells.iter().map(|&o| if o { w as f32 } else { 1.0 }));
             }
             let caption = if rng.random::<f64>() < config.caption_dropout {
