@@ -203,6 +203,17 @@ def ops(a, dtype):
         xg.grad = None
         F.silu(norm(xg)).float().sum().backward()
     bench(f"op: GroupNorm(32, 320) + SiLU fwd+bwd [2, 320, {lat}, {lat}]", gn_bwd)
+    ln = torch.nn.LayerNorm(320, eps=1e-5).to(dev, dtype)
+    tokens = torch.randn(2, lat * lat, 320, device=dev, dtype=dtype)
+    with torch.no_grad():
+        bench(f"op: LayerNorm(320) fwd [2, {lat * lat}, 320]",
+              lambda: ln(tokens).float().sum().item())
+    tg = tokens.clone().requires_grad_(True)
+
+    def ln_bwd():
+        tg.grad = None
+        ln(tg).float().sum().backward()
+    bench(f"op: LayerNorm(320) fwd+bwd [2, {lat * lat}, 320]", ln_bwd)
     seq = lat * lat
     q = torch.randn(2, 8, seq, 40, device=dev, dtype=dtype)
     k, v = q * 0.5, q * 0.25

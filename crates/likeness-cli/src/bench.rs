@@ -286,7 +286,7 @@ fn ops<B: Backend>(
 ) -> likeness_models::Result<Vec<Row>> {
     use burn::backend::Autodiff;
     type AB<B> = Autodiff<B>;
-    use likeness_models::nn::GroupNorm;
+    use likeness_models::nn::{GroupNorm, LayerNorm};
     use likeness_models::weights::{VarBuilder, WeightStore};
 
     let lat = a.size / 8;
@@ -339,8 +339,43 @@ fn ops<B: Backend>(
             let _ = xg.grad(&g).map(|t| t.sum().into_data());
         },
     );
-    // Self-attention at the first level: 8 heads of 40 over 64·64 tokens.
+    // LayerNorm(320) over the first level's tokens, as each transformer block runs three
+    // (Likeness' op: a one-group GroupNorm over `[tokens, 320, 1]`, the row kernels on a GPU).
     let seq = lat * lat;
+    let ln = LayerNorm::<AB<B>>::load(&vb, 320, 1e-5)?;
+    let tokens = Tensor::<AB<B>, 3>::random([2, seq, 320], normal, device);
+    bench(
+        &format!("op: LayerNorm(320) fwd [2, {seq}, 320]"),
+        &mut || {
+            let _ = ln.forward(tokens.clone()).sum().into_data();
+        },
+    );
+    let tg = tokens.require_grad();
+    bench(
+        &format!("op: LayerNorm(320) fwd+bwd [2, {seq}, 320]"),
+        &mut || {
+            let g = ln.forward(tg.clone()).sum().backward();
+            let _ = tg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    bench(
+        &format!("op: LayerNorm(320) fwd+bwd, Burn's autodiff [2, {seq}, 320]"),
+        &mut || {
+            let y = likeness_models::kernels::group_norm::reference(
+                tg.clone().reshape([2 * seq, 320, 1]),
+                ln.weight.val(),
+                ln.bias.val(),
+                likeness_models::kernels::group_norm::GroupNormOptions {
+                    groups: 1,
+                    eps: 1e-5,
+                    silu: false,
+                },
+            );
+            let g = y.sum().backward();
+            let _ = tg.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
+    // Self-attention at the first level: 8 heads of 40 over 64·64 tokens.
     let q = Tensor::<AB<B>, 4>::random([2, 8, seq, 40], normal, device);
     let (k, v) = (q.clone() * 0.5, q.clone() * 0.25);
     // Likeness' attention (its CubeCL flash kernels both ways on CUDA/wgpu; on the CPU the
@@ -429,9 +464,11 @@ fn ops<B: Backend>(
         eprintln!(
             "conv op against Burn's conv2d: max error / max value: y {e_y:.1e}, dx {e_dx:.1e}"
         );
+        let [gemm, im2col, direct] = likeness_models::kernels::conv::tier_counts();
         row(
             &format!(
-                "check: conv op ({:?}) vs Burn's conv2d, max err / max: y {e_y:.1e}, dx {e_dx:.1e}",
+                "check: conv op ({:?}; passes so far: implicit GEMM {gemm}, im2col {im2col}, \
+                 direct {direct}) vs Burn's conv2d, max err / max: y {e_y:.1e}, dx {e_dx:.1e}",
                 likeness_models::kernels::conv::conv_policy()
             ),
             label,

@@ -15,11 +15,14 @@ use likeness_models::kernels::group_norm::{self, GroupNormOptions};
 type W = burn::backend::Wgpu<f32>;
 type F = burn::backend::Flex;
 
-/// Shapes `[n, c, l]`, groups, SiLU, and the inputs' mean: channels longer than a cube's 256
-/// units, channels short enough for one unit each (a LayerNorm's `[tokens, channels, 1]`
-/// among them) and in between (a cube of 64 units, some idle), one group per channel, a large
-/// common offset (the two-pass variance), and a single group.
-const CASES: [([usize; 3], usize, bool, f32); 8] = [
+/// Shapes `[n, c, l]`, groups, SiLU, and the inputs' mean. Channels of 32 positions or more
+/// take the per-channel kernels: longer than a cube's 256 units, in between (a cube of 64
+/// units, some idle), a large common offset (the two-pass variance), a single group. Shorter
+/// ones take the row kernels: LayerNorm's `[tokens, channels, 1]` (one of 601 rows of 300
+/// channels, longer than a cube, with an offset, and whose weight gradients are summed over
+/// chunks of 3 samples, the last chunk short), one group per channel, several positions per
+/// channel.
+const CASES: [([usize; 3], usize, bool, f32); 10] = [
     ([2, 8, 15], 4, true, 0.5),
     ([2, 32, 300], 8, true, 0.0),
     ([3, 12, 5], 12, false, 0.0),
@@ -28,6 +31,8 @@ const CASES: [([usize; 3], usize, bool, f32); 8] = [
     ([1, 6, 700], 1, true, -1.0),
     ([2, 4, 40], 2, true, 0.3),
     ([50, 32, 1], 1, false, 0.2),
+    ([601, 300, 1], 1, false, 40.0),
+    ([70, 12, 3], 4, true, 0.0),
 ];
 
 fn options(groups: usize, silu: bool) -> GroupNormOptions {

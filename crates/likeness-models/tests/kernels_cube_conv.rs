@@ -1,7 +1,7 @@
 //! Likeness' convolution op under `ConvPolicy::Gemm` (`kernels::conv`: Burn's implicit-GEMM kernels
-//! chosen without autotune, its direct kernels where those cannot run — on lavapipe, which has no
-//! `cmma`, always the latter) on wgpu against Burn's `conv2d` on the CPU backend: forward and,
-//! through autodiff, the gradients of input, weight and bias.
+//! chosen without autotune, else Likeness' im2col + matmul, else Burn's direct kernels — on
+//! lavapipe, which has no `cmma`, the im2col tier) on wgpu against Burn's `conv2d` on the CPU
+//! backend: forward and, through autodiff, the gradients of input, weight and bias.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -10,26 +10,38 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 use common::{ConvCase, assert_close, numbers, tensor, values};
-use likeness_models::kernels::conv::{ConvPolicy, conv2d, set_conv_policy};
+use likeness_models::kernels::conv::{
+    ConvPolicy, conv2d, set_conv_policy, set_im2col_bytes, tier_counts,
+};
 
 type W = burn::backend::Wgpu<f32>;
 type F = burn::backend::Flex;
 
+/// The im2col tier's cap on columns held at once, lowered from 256 MiB so that the three
+/// samples of a case here (28.8 KB of f32 columns each) are unfolded two, then one, while the
+/// largest single sample (83 KB) still fits.
+const COLUMNS_BYTES: usize = 84_000;
+
 fn skip() -> bool {
     set_conv_policy(ConvPolicy::Gemm);
+    set_im2col_bytes(COLUMNS_BYTES);
     common::skip_wgpu()
 }
 
 /// `[n, c_in, h, w]`, c_out, kernel, stride, padding, and whether the weight takes a gradient
 /// (a full fine-tune) or not (LoRA: frozen convolutions). Between them: the UNet's 3×3 and 1×1
 /// convolutions, its strided downsampler (whose input gradient Burn computes without the GEMM),
-/// odd sizes and channel counts that fill no tile.
-const CASES: [ConvCase; 5] = [
+/// odd sizes and channel counts that fill no tile, a strided convolution without padding that
+/// leaves the input's last column and row out (their gradient is zero), and three samples that
+/// im2col unfolds in two chunks.
+const CASES: [ConvCase; 7] = [
     ([1, 4, 9, 9], 8, 3, 1, 1, true),
+    ([1, 5, 7, 10], 3, 3, 2, 0, true),
     ([2, 8, 8, 8], 8, 3, 2, 1, true),
     ([1, 6, 5, 7], 6, 1, 1, 0, true),
     ([2, 3, 16, 16], 5, 3, 1, 1, false),
     ([1, 16, 12, 12], 32, 3, 1, 1, true),
+    ([3, 8, 10, 10], 4, 3, 1, 1, true),
 ];
 
 fn options(stride: usize, padding: usize) -> ConvOptions<2> {
@@ -54,6 +66,15 @@ fn training_on_wgpu_matches_burns_conv_on_the_cpu() {
             assert_close(&format!("{name} {case:?}"), &got[k], &want[k]);
         }
     }
+    assert_gemm_tiers();
+}
+
+/// Every pass ran on a GEMM tier (the implicit GEMM where the adapter has `cmma`, im2col where
+/// not), none on Burn's direct kernels: no case here is beyond them.
+fn assert_gemm_tiers() {
+    let [gemm, im2col, direct] = tier_counts();
+    assert!(gemm + im2col > 0, "no pass ran on a GEMM tier");
+    assert_eq!(direct, 0, "passes on the direct kernels");
 }
 
 /// Inference on the plain wgpu backend (no autodiff): the op's forward, Burn's numbers.
@@ -84,6 +105,7 @@ fn inference_on_wgpu_matches_burns_conv_on_the_cpu() {
         assert_eq!(got.dims(), want.dims(), "{case:?}");
         assert_close(&format!("inference {case:?}"), &values(got), &values(want));
     }
+    assert_gemm_tiers();
 }
 
 /// The output shape the op declares for its stream entry is the one Burn's convolution produces.

@@ -6,9 +6,11 @@
 //!   LoRA training every convolution is frozen, so no convolution input is kept for it (those that
 //!   another op keeps anyway stay, of course).
 //! - **Kernels:** under [`ConvPolicy::Gemm`], on CUDA and wgpu, its forward, data and weight
-//!   gradients run Burn's implicit-GEMM kernels ([`super::cube::conv`], tensor cores through
-//!   `cmma`) chosen directly instead of through Burn's autotune; under [`ConvPolicy::Burn`] the
-//!   backend's own `conv2d` and its two backward ops, as Burn's autodiff would call them.
+//!   gradients run Burn's implicit-GEMM kernels (tensor cores through `cmma`) chosen directly
+//!   instead of through Burn's autotune, else Likeness' im2col + matmul, else Burn's direct
+//!   kernels ([`super::cube::conv`]); under [`ConvPolicy::Im2col`] the same without the first;
+//!   under [`ConvPolicy::Burn`] the backend's own `conv2d` and its two backward ops, as Burn's
+//!   autodiff would call them.
 //!
 //! Why the GEMM: a build without Burn's `autotune` feature (no minutes of first-launch tuning)
 //! runs Burn's *direct* convolution, whose 3×3 convolutions took 463 of the 698 ms of an SD 1.5
@@ -35,17 +37,22 @@ pub enum ConvPolicy {
     /// The op, on the backend's own `conv2d` and its backward ops (autotuned in builds with the
     /// `autotune` feature, Burn's direct kernels without).
     Burn,
-    /// The op, on Burn's implicit-GEMM kernels chosen without tuning (its direct kernels where
-    /// those cannot run); on backends without CubeCL as [`ConvPolicy::Burn`].
+    /// The op, on Burn's implicit-GEMM kernels chosen without tuning (im2col + matmul, then its
+    /// direct kernels, where those cannot run); on backends without CubeCL as
+    /// [`ConvPolicy::Burn`].
     Gemm,
     /// Not the op: Burn's `conv2d` and Burn's autodiff of it (`LIKENESS_CONV=off`, to measure the
     /// op against it).
     Off,
+    /// The op, on im2col + matmul (Burn's direct kernels where that cannot run), without trying
+    /// the implicit GEMM: the tier under it, to measure and to fall back to by hand.
+    Im2col,
 }
 
 static POLICY: super::Setting = super::Setting::new();
 
-/// The policy in force: set by [`set_conv_policy`], else `LIKENESS_CONV` (`gemm`, `burn`, `off`), else
+/// The policy in force: set by [`set_conv_policy`], else `LIKENESS_CONV` (`gemm`, `im2col`, `burn`,
+/// `off`), else
 /// [`ConvPolicy::Gemm`] in builds without the `autotune` feature and [`ConvPolicy::Burn`] in
 /// builds with it (where Burn's autotune picks among the same kernels and more; which is faster
 /// once tuned is for the GPU benchmark to say).
@@ -54,14 +61,36 @@ pub fn conv_policy() -> ConvPolicy {
         Ok("gemm") => ConvPolicy::Gemm,
         Ok("burn") => ConvPolicy::Burn,
         Ok("off") => ConvPolicy::Off,
+        Ok("im2col") => ConvPolicy::Im2col,
         _ if cfg!(feature = "autotune") => ConvPolicy::Burn,
         _ => ConvPolicy::Gemm,
     };
     match POLICY.get(|| from_env() as u8) {
         0 => ConvPolicy::Burn,
         1 => ConvPolicy::Gemm,
-        _ => ConvPolicy::Off,
+        2 => ConvPolicy::Off,
+        _ => ConvPolicy::Im2col,
     }
+}
+
+/// How many convolution passes (forward, data or weight gradient) each tier under
+/// [`ConvPolicy::Gemm`] / [`ConvPolicy::Im2col`] has run in this process: `[implicit GEMM,
+/// im2col, direct]` (all zero without the CubeCL backends).
+pub fn tier_counts() -> [u64; 3] {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::conv::tier_counts();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    [0; 3]
+}
+
+/// Sets the im2col tier's cap on the columns it holds at once, in bytes, for the rest of the
+/// process (256 MiB unless set; samples are unfolded in chunks within it, and a convolution
+/// whose single sample needs more runs on Burn's direct kernels).
+pub fn set_im2col_bytes(bytes: usize) {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    super::cube::conv::set_columns_bytes(bytes);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    let _ = bytes;
 }
 
 /// Sets the policy for the rest of the process.
@@ -107,7 +136,7 @@ fn op<B: Backend>(
     }
     for_each_autodiff_backend!(attempt);
     // Not an autodiff backend: inference on the plain backend.
-    if conv_policy() != ConvPolicy::Gemm {
+    if !matches!(conv_policy(), ConvPolicy::Gemm | ConvPolicy::Im2col) {
         return None;
     }
     let y = kernel_forward::<B>(
@@ -152,8 +181,9 @@ pub fn output_shape(x: [usize; 4], w: [usize; 4], options: &ConvOptions<2>) -> [
     [x[0], w[0], side(0), side(1)]
 }
 
-/// `pass` on the GEMM kernels, producing a tensor of shape `out` and dtype `dtype`; `None` unless
-/// the policy is [`ConvPolicy::Gemm`] and backend `I` runs CubeCL with the kernels on.
+/// `pass` on the GEMM tiers, producing a tensor of shape `out` and dtype `dtype`; `None` unless
+/// the policy is [`ConvPolicy::Gemm`] or [`ConvPolicy::Im2col`] and backend `I` runs CubeCL with
+/// the kernels on.
 fn kernel<I: Backend>(
     pass: Pass,
     a: FloatTensor<I>,
@@ -162,14 +192,16 @@ fn kernel<I: Backend>(
     options: &ConvOptions<2>,
     dtype: DType,
 ) -> Option<FloatTensor<I>> {
-    if conv_policy() != ConvPolicy::Gemm {
-        return None;
-    }
+    let implicit_gemm = match conv_policy() {
+        ConvPolicy::Gemm => true,
+        ConvPolicy::Im2col => false,
+        ConvPolicy::Burn | ConvPolicy::Off => return None,
+    };
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    return super::cube::conv::launch::<I>(pass, a, b, options, out, dtype);
+    return super::cube::conv::launch::<I>(implicit_gemm, pass, a, b, options, out, dtype);
     #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
     {
-        let _ = (pass, a, b, out, options, dtype);
+        let _ = (implicit_gemm, pass, a, b, out, options, dtype);
         None
     }
 }

@@ -14,7 +14,12 @@
 //!   `dβ` and the two per-group means, and one element-wise launch writes `dx`.
 //!
 //! Work is spread over channels rather than groups so that a batch of one at SD's 32 groups
-//! still fills a GPU's multiprocessors. Every statistic is accumulated in f32 whatever the
+//! still fills a GPU's multiprocessors. Channels of few positions — a LayerNorm, which runs as a
+//! one-group GroupNorm over `[tokens, channels, 1]`, and the smallest latents — take the row
+//! kernels instead, where the (sample, group) rows are many and the channels too short for a
+//! cube: the forward is one launch (a cube per row: both statistics, then `y`), the backward two
+//! (a cube per row writes `dx`; a unit per (chunk of samples, channel) sums `dz` and `dz·x̂` for
+//! `dγ` and `dβ`). Every statistic is accumulated in f32 whatever the
 //! tensors' dtype. They run on the CubeCL backends' tensors, plain (`CubeTensor`) and, with the
 //! `fusion` feature, fused (`FusionTensor`, as a custom operation in the stream: the fusers stop
 //! at it); Flex keeps the Burn-op path of [`super::group_norm`]. Parity with that path:
@@ -40,8 +45,9 @@ use super::{ToDtype, float, wrap};
 
 /// Units per cube of the reduction kernels: a power of two (the tree reduction halves it).
 const BLOCK: u32 = 256;
-/// Channels shorter than this are reduced by one unit each rather than by a cube.
-const SERIAL_BELOW: usize = 32;
+/// Channels of fewer positions than this take the row kernels (a cube per (sample, group), the
+/// group's channels in one contiguous row) rather than a cube per channel.
+const ROW_KERNELS_BELOW: usize = 32;
 /// Units per cube of the element-wise kernels.
 const ELEMENTWISE: u32 = 256;
 
@@ -89,42 +95,6 @@ mod device {
         dz
     }
 
-    /// Where a per-(sample, channel) reduction runs: a cube of `block` units per row, or with
-    /// `block` 1 one unit per row (channels of few positions: LayerNorm runs as GroupNorm over
-    /// `[tokens, channels, 1]`). Returns the row, this unit's first position and its stride.
-    #[cube]
-    fn row_and_span(#[comptime] block: u32) -> (usize, usize, usize) {
-        let mut row = CUBE_POS;
-        let mut first = UNIT_POS as usize;
-        let mut step = CUBE_DIM as usize;
-        if block == 1 {
-            row = ABSOLUTE_POS;
-            first = 0;
-            step = 1;
-        }
-        (row, first, step)
-    }
-
-    /// The sum of `value` over the units that share a row (see [`row_and_span`]).
-    #[cube]
-    fn row_sum(shared: &mut SharedMemory<f32>, value: f32, #[comptime] block: u32) -> f32 {
-        let mut total = value;
-        if block > 1 {
-            total = cube_sum(shared, value);
-        }
-        total
-    }
-
-    /// Whether this unit writes its row's result.
-    #[cube]
-    fn row_writer(#[comptime] block: u32) -> bool {
-        let mut writer = UNIT_POS == 0;
-        if block == 1 {
-            writer = true;
-        }
-        writer
-    }
-
     /// Per (sample, channel): the mean over positions and the sum of squared deviations from it.
     #[cube(launch)]
     pub(super) fn channel_stats_kernel<F: Float>(
@@ -136,27 +106,27 @@ mod device {
         #[comptime] block: u32,
         #[define(F)] _dtype: StorageType,
     ) {
-        let (row, first, step) = row_and_span(block);
+        let row = CUBE_POS;
         // The same for every unit of a cube, so the barriers inside stay uniform.
         if row < rows as usize {
             let base = row * len as usize;
             let mut shared = SharedMemory::<f32>::new(block as usize);
             let mut sum = f32::new(0.0);
-            let mut i = first;
+            let mut i = UNIT_POS as usize;
             while i < len as usize {
                 sum += f32::cast_from(x[base + i]);
-                i += step;
+                i += CUBE_DIM as usize;
             }
-            let mu = row_sum(&mut shared, sum, block) / f32::cast_from(len);
+            let mu = cube_sum(&mut shared, sum) / f32::cast_from(len);
             let mut squares = f32::new(0.0);
-            i = first;
+            i = UNIT_POS as usize;
             while i < len as usize {
                 let d = f32::cast_from(x[base + i]) - mu;
                 squares += d * d;
-                i += step;
+                i += CUBE_DIM as usize;
             }
-            let total = row_sum(&mut shared, squares, block);
-            if row_writer(block) {
+            let total = cube_sum(&mut shared, squares);
+            if UNIT_POS == 0 {
                 mean[row] = mu;
                 m2[row] = total;
             }
@@ -225,7 +195,7 @@ mod device {
         }
     }
 
-    /// Per (sample, channel): Σ dz and Σ dz·x̂ over positions (rows as [`row_and_span`]).
+    /// Per (sample, channel): Σ dz and Σ dz·x̂ over positions, a cube per channel.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_sums_kernel<F: Float>(
@@ -245,7 +215,7 @@ mod device {
         #[comptime] silu: bool,
         #[define(F)] _dtype: StorageType,
     ) {
-        let (nc, first, step) = row_and_span(block);
+        let nc = CUBE_POS;
         if nc < rows as usize {
             let (c, group_row) = channel_and_group(nc, channels, channels_per_group);
             let mu = mean[group_row];
@@ -257,17 +227,17 @@ mod device {
 
             let mut s_dz = f32::new(0.0);
             let mut s_dz_normed = f32::new(0.0);
-            let mut i = first;
+            let mut i = UNIT_POS as usize;
             while i < len as usize {
                 let normed = (f32::cast_from(x[base + i]) - mu) * r;
                 let dz = pre_activation_grad(f32::cast_from(dy[base + i]), normed * w + b, silu);
                 s_dz += dz;
                 s_dz_normed += dz * normed;
-                i += step;
+                i += CUBE_DIM as usize;
             }
-            let total_dz = row_sum(&mut shared, s_dz, block);
-            let total_dz_normed = row_sum(&mut shared, s_dz_normed, block);
-            if row_writer(block) {
+            let total_dz = cube_sum(&mut shared, s_dz);
+            let total_dz_normed = cube_sum(&mut shared, s_dz_normed);
+            if UNIT_POS == 0 {
                 sum_dz[nc] = total_dz;
                 sum_dz_normed[nc] = total_dz_normed;
             }
@@ -302,6 +272,182 @@ mod device {
             let w = weight[c];
             let dz = pre_activation_grad(f32::cast_from(dy[i]), normed * w + bias[c], silu);
             dx[i] = F::cast_from(r * (w * dz - mean_d[row] - normed * mean_dx[row]));
+        }
+    }
+
+    /// Per (sample, group) — `m = channels_per_group·len` contiguous elements, a cube each — for
+    /// channels of few positions: the group's mean and 1/σ (two passes over the row) and then
+    /// `y = silu?(γ·x̂ + β)`, in one launch.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn row_forward_kernel<F: Float>(
+        x: &Tensor<F>,
+        weight: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        y: &mut Tensor<F>,
+        mean: &mut Tensor<f32>,
+        rstd: &mut Tensor<f32>,
+        rows: u32,
+        groups: u32,
+        channels_per_group: u32,
+        len: u32,
+        eps: f32,
+        #[comptime] block: u32,
+        #[comptime] silu: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = CUBE_POS;
+        // The same for every unit of a cube, so the barriers inside stay uniform.
+        if row < rows as usize {
+            let m = (channels_per_group * len) as usize;
+            let base = row * m;
+            let first_channel = (row % groups as usize) * channels_per_group as usize;
+            let mut shared = SharedMemory::<f32>::new(block as usize);
+            let mut sum = f32::new(0.0);
+            let mut i = UNIT_POS as usize;
+            while i < m {
+                sum += f32::cast_from(x[base + i]);
+                i += CUBE_DIM as usize;
+            }
+            let mu = cube_sum(&mut shared, sum) / f32::cast_from(channels_per_group * len);
+            let mut squares = f32::new(0.0);
+            i = UNIT_POS as usize;
+            while i < m {
+                let d = f32::cast_from(x[base + i]) - mu;
+                squares += d * d;
+                i += CUBE_DIM as usize;
+            }
+            let r = (cube_sum(&mut shared, squares) / f32::cast_from(channels_per_group * len)
+                + eps)
+                .inverse_sqrt();
+            i = UNIT_POS as usize;
+            while i < m {
+                let c = first_channel + i / len as usize;
+                let z = (f32::cast_from(x[base + i]) - mu) * r * weight[c] + bias[c];
+                let mut out = z;
+                if silu {
+                    out = z / (f32::new(1.0) + (-z).exp());
+                }
+                y[base + i] = F::cast_from(out);
+                i += CUBE_DIM as usize;
+            }
+            if UNIT_POS == 0 {
+                mean[row] = mu;
+                rstd[row] = r;
+            }
+        }
+    }
+
+    /// The input gradient of [`row_forward_kernel`], a cube per (sample, group): the group's
+    /// means of `γ·dz` and `γ·dz·x̂` (one pass), then `dx` (a second).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn row_backward_kernel<F: Float>(
+        x: &Tensor<F>,
+        dy: &Tensor<F>,
+        weight: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        rstd: &Tensor<f32>,
+        dx: &mut Tensor<F>,
+        rows: u32,
+        groups: u32,
+        channels_per_group: u32,
+        len: u32,
+        #[comptime] block: u32,
+        #[comptime] silu: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = CUBE_POS;
+        if row < rows as usize {
+            let m = (channels_per_group * len) as usize;
+            let base = row * m;
+            let first_channel = (row % groups as usize) * channels_per_group as usize;
+            let mu = mean[row];
+            let r = rstd[row];
+            let mut shared = SharedMemory::<f32>::new(block as usize);
+            let mut s_d = f32::new(0.0);
+            let mut s_dx = f32::new(0.0);
+            let mut i = UNIT_POS as usize;
+            while i < m {
+                let c = first_channel + i / len as usize;
+                let w = weight[c];
+                let normed = (f32::cast_from(x[base + i]) - mu) * r;
+                let dz =
+                    pre_activation_grad(f32::cast_from(dy[base + i]), normed * w + bias[c], silu);
+                s_d += w * dz;
+                s_dx += w * dz * normed;
+                i += CUBE_DIM as usize;
+            }
+            let mean_d = cube_sum(&mut shared, s_d) / f32::cast_from(channels_per_group * len);
+            let mean_dx = cube_sum(&mut shared, s_dx) / f32::cast_from(channels_per_group * len);
+            i = UNIT_POS as usize;
+            while i < m {
+                let c = first_channel + i / len as usize;
+                let w = weight[c];
+                let normed = (f32::cast_from(x[base + i]) - mu) * r;
+                let dz =
+                    pre_activation_grad(f32::cast_from(dy[base + i]), normed * w + bias[c], silu);
+                dx[base + i] = F::cast_from(r * (w * dz - mean_d - normed * mean_dx));
+                i += CUBE_DIM as usize;
+            }
+        }
+    }
+
+    /// The weight and bias gradients' partial sums for [`row_backward_kernel`]: a unit per
+    /// (chunk of `chunk` samples, channel) sums `dz` and `dz·x̂` over its samples and the
+    /// channel's positions into `[chunks, channels]` (neighbouring units read neighbouring
+    /// channels, so a LayerNorm's `[tokens, channels, 1]` is read coalesced).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn param_sums_kernel<F: Float>(
+        x: &Tensor<F>,
+        dy: &Tensor<F>,
+        weight: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        mean: &Tensor<f32>,
+        rstd: &Tensor<f32>,
+        sum_dz: &mut Tensor<f32>,
+        sum_dz_normed: &mut Tensor<f32>,
+        samples: u32,
+        channels: u32,
+        channels_per_group: u32,
+        len: u32,
+        chunk: u32,
+        chunks: u32,
+        #[comptime] silu: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let unit = ABSOLUTE_POS;
+        if unit < (chunks * channels) as usize {
+            let c = unit % channels as usize;
+            let first = (unit / channels as usize) * chunk as usize;
+            let mut end = first + chunk as usize;
+            if end > samples as usize {
+                end = samples as usize;
+            }
+            let groups = (channels / channels_per_group) as usize;
+            let g = c / channels_per_group as usize;
+            let w = weight[c];
+            let b = bias[c];
+            let mut s_dz = f32::new(0.0);
+            let mut s_dz_normed = f32::new(0.0);
+            let mut n = first;
+            while n < end {
+                let mu = mean[n * groups + g];
+                let r = rstd[n * groups + g];
+                let base = (n * channels as usize + c) * len as usize;
+                for p in 0..len as usize {
+                    let normed = (f32::cast_from(x[base + p]) - mu) * r;
+                    let dz =
+                        pre_activation_grad(f32::cast_from(dy[base + p]), normed * w + b, silu);
+                    s_dz += dz;
+                    s_dz_normed += dz * normed;
+                }
+                n += 1;
+            }
+            sum_dz[unit] = s_dz;
+            sum_dz_normed[unit] = s_dz_normed;
         }
     }
 }
@@ -365,21 +511,15 @@ fn block<R: CubeRuntime>(like: &CubeTensor<R>) -> u32 {
     block
 }
 
-/// How `rows` channels of `len` positions each are reduced: a cube of about `len` units per
-/// channel (a power of two, at most [`block`]), or — below [`SERIAL_BELOW`] positions — one unit
-/// per channel (`block` 1). Returns the launch's cube count and size, and `block`.
-fn channel_launch<R: CubeRuntime>(
+/// The launch of a reduction over `rows` rows of `len` elements, a cube each (of about `len`
+/// units: a power of two, at most [`block`]). Returns the cube count and size, and `block`.
+fn reduce_launch<R: CubeRuntime>(
     like: &CubeTensor<R>,
     rows: usize,
     len: usize,
 ) -> (CubeCount, CubeDim, u32) {
-    if len >= SERIAL_BELOW {
-        let block = (len.next_power_of_two() as u32).min(block(like));
-        (cubes(like, rows), CubeDim::new_1d(block), block)
-    } else {
-        let (count, dim) = elementwise(like, rows);
-        (count, dim, 1)
-    }
+    let block = (len.next_power_of_two() as u32).min(block(like));
+    (cubes(like, rows), CubeDim::new_1d(block), block)
 }
 
 /// Cube count and size for `elements` units of element-wise work.
@@ -394,13 +534,16 @@ fn elementwise<R: CubeRuntime>(like: &CubeTensor<R>, elements: usize) -> (CubeCo
 /// Forward on `R`'s tensors: `[x, weight (f32), bias (f32)]` → `[y, mean, rstd]`.
 fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTensor<R>; 3] {
     let [x, weight, bias] = inputs.map(into_contiguous);
+    if s.l < ROW_KERNELS_BELOW {
+        return forward_rows(x, weight, bias, s);
+    }
     let Sizes {
         n, c, l, groups, ..
     } = s;
     let client = x.client.clone();
     let channel_mean = empty(&x, Shape::new([n * c]), DType::F32);
     let channel_m2 = empty(&x, Shape::new([n * c]), DType::F32);
-    let (count, dim, block) = channel_launch(&x, n * c, l);
+    let (count, dim, block) = reduce_launch(&x, n * c, l);
     device::channel_stats_kernel::launch::<R>(
         &client,
         count,
@@ -455,7 +598,11 @@ fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTens
 /// Backward on `R`'s tensors: `[x, dy, weight (f32), bias (f32), mean, rstd]` →
 /// `[dx, dweight (f32), dbias (f32)]`.
 fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTensor<R>; 3] {
-    let [x, dy, weight, bias, mean, rstd] = inputs.map(into_contiguous);
+    let inputs = inputs.map(into_contiguous);
+    if s.l < ROW_KERNELS_BELOW {
+        return backward_rows(inputs, s);
+    }
+    let [x, dy, weight, bias, mean, rstd] = inputs;
     let Sizes {
         n, c, l, groups, ..
     } = s;
@@ -464,7 +611,7 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
 
     let sum_dz = empty(&x, Shape::new([n, c, 1]), DType::F32);
     let sum_dz_normed = empty(&x, Shape::new([n, c, 1]), DType::F32);
-    let (count, dim, block) = channel_launch(&x, n * c, l);
+    let (count, dim, block) = reduce_launch(&x, n * c, l);
     device::backward_sums_kernel::launch::<R>(
         &client,
         count,
@@ -527,6 +674,112 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
         dtype.into(),
     );
     [dx, primitive(dweight), primitive(dbias)]
+}
+
+/// [`forward_on`] for channels of fewer than [`ROW_KERNELS_BELOW`] positions (a LayerNorm's
+/// `[tokens, channels, 1]`): one launch of [`device::row_forward_kernel`].
+fn forward_rows<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    bias: CubeTensor<R>,
+    s: Sizes,
+) -> [CubeTensor<R>; 3] {
+    let Sizes {
+        n, c, l, groups, ..
+    } = s;
+    let client = x.client.clone();
+    let dtype = x.dtype;
+    let y = empty(&x, Shape::new([n, c, l]), dtype);
+    let mean = empty(&x, Shape::new([n, groups, 1]), DType::F32);
+    let rstd = empty(&x, Shape::new([n, groups, 1]), DType::F32);
+    let (count, dim, block) = reduce_launch(&x, n * groups, c / groups * l);
+    device::row_forward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        rstd.clone().into_tensor_arg(),
+        (n * groups) as u32,
+        groups as u32,
+        s.per_group(),
+        l as u32,
+        s.eps,
+        block,
+        s.silu,
+        dtype.into(),
+    );
+    [y, mean, rstd]
+}
+
+/// Units the weight and bias gradients' partial sums aim for: samples are split into chunks
+/// until `chunks · channels` reaches about this many.
+const PARAM_UNITS: usize = 1 << 16;
+
+/// [`backward_on`] for the shapes [`forward_rows`] takes: `dx` by
+/// [`device::row_backward_kernel`], `dγ` and `dβ` by [`device::param_sums_kernel`]'s partial
+/// sums over chunks of samples, added up.
+fn backward_rows<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTensor<R>; 3] {
+    let [x, dy, weight, bias, mean, rstd] = inputs;
+    let Sizes {
+        n, c, l, groups, ..
+    } = s;
+    let client = x.client.clone();
+    let dtype = x.dtype;
+
+    let dx = empty(&x, Shape::new([n, c, l]), dtype);
+    let (count, dim, block) = reduce_launch(&x, n * groups, c / groups * l);
+    device::row_backward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        dy.clone().into_tensor_arg(),
+        weight.clone().into_tensor_arg(),
+        bias.clone().into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        rstd.clone().into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        (n * groups) as u32,
+        groups as u32,
+        s.per_group(),
+        l as u32,
+        block,
+        s.silu,
+        dtype.into(),
+    );
+
+    let chunk = n.div_ceil((PARAM_UNITS / c).clamp(1, n));
+    let chunks = n.div_ceil(chunk);
+    let sum_dz = empty(&x, Shape::new([chunks, c]), DType::F32);
+    let sum_dz_normed = empty(&x, Shape::new([chunks, c]), DType::F32);
+    let (count, dim) = elementwise(&x, chunks * c);
+    device::param_sums_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        x.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        mean.into_tensor_arg(),
+        rstd.into_tensor_arg(),
+        sum_dz.clone().into_tensor_arg(),
+        sum_dz_normed.clone().into_tensor_arg(),
+        n as u32,
+        c as u32,
+        s.per_group(),
+        l as u32,
+        chunk as u32,
+        chunks as u32,
+        s.silu,
+        dtype.into(),
+    );
+    let total = |t: CubeTensor<R>| primitive(tensor::<R, 2>(t).sum_dim(0).reshape([c]));
+    [dx, total(sum_dz_normed), total(sum_dz)]
 }
 
 fn tensor<R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tensor<Inner<R>, D> {

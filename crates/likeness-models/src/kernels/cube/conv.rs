@@ -1,9 +1,19 @@
-//! 2-D convolution forward and backward on Burn's implicit-GEMM kernels (tensor cores through
-//! CubeCL's `cmma`), chosen without autotuning: a build without Burn's `autotune` feature would
-//! otherwise run its direct convolution, which took 66 % of an SD 1.5 UNet forward on an H100
-//! (`docs/perf.md`, session 9). Where the implicit GEMM cannot run (no `cmma` on the adapter,
-//! grouped convolutions, a strided data gradient) Burn's direct kernels and fallbacks run instead,
-//! inside the same operation, so the result never depends on which one ran beyond rounding.
+//! 2-D convolution forward and backward without Burn's autotune, in three tiers tried in turn:
+//!
+//! 1. Burn's implicit-GEMM kernels (tensor cores through CubeCL's `cmma`), chosen directly
+//!    (under [`ConvPolicy::Gemm`](crate::kernels::conv::ConvPolicy::Gemm) only);
+//! 2. im2col + matmul: a kernel of Likeness' own unfolds the input into columns
+//!    `[n, c_in·k_h·k_w, h_out·w_out]` and Burn's matmul (tensor cores where the device has them,
+//!    register tiles where not) multiplies them by the weight; the data gradient multiplies by
+//!    the transposed weight and folds the columns back (a gather, any stride), the weight
+//!    gradient multiplies the output gradient by the columns. Needs no `cmma`, so it runs on
+//!    every wgpu adapter too; it holds at most [`COLUMNS_BYTES`] of columns at a time (samples in
+//!    chunks), and leaves grouped convolutions and larger single samples to
+//! 3. Burn's direct kernels, which run everything.
+//!
+//! A build without Burn's `autotune` feature would otherwise run the direct convolution, which
+//! took 66 % of an SD 1.5 UNet forward on an H100 (`docs/perf.md`, session 9). All tiers compute
+//! the same convolution, so the result never depends on which one ran beyond rounding.
 
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{DType, Shape};
@@ -13,9 +23,157 @@ use burn_cubecl::kernel::conv::{
 };
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{Apply, KernelOp, applies, enabled};
+use super::{Apply, KernelOp, applies, enabled, primitive, tensor};
 use crate::kernels::conv::Pass;
 use burn::prelude::Backend;
+use burn_cubecl::kernel::into_contiguous;
+
+/// The most bytes of im2col columns held at once, unless [`set_columns_bytes`] says otherwise:
+/// samples are unfolded in chunks within it, and a convolution whose single sample needs more
+/// goes to the direct kernels.
+pub const COLUMNS_BYTES: usize = 256 << 20;
+
+static COLUMNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(COLUMNS_BYTES);
+
+/// Sets the im2col tier's cap on columns held at once for the rest of the process (lower on a
+/// GPU short of memory; the tests lower it to make chunks of few samples).
+pub fn set_columns_bytes(bytes: usize) {
+    COLUMNS.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Passes run by each tier in this process: implicit GEMM, im2col, direct.
+static TIERS: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+/// How many convolution passes (forward, data or weight gradient) each tier has run in this
+/// process: `[implicit GEMM, im2col, direct]`.
+pub fn tier_counts() -> [u64; 3] {
+    TIERS
+        .each_ref()
+        .map(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn count(tier: usize) {
+    TIERS[tier].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The kernels (CubeCL's prelude names `Tensor` and `Float` too, so they live apart).
+mod device {
+    use cubecl::prelude::*;
+
+    /// `cols[n, k, p]` = the input under kernel tap `k = (c, i, j)` at output position `p`, zero
+    /// in the padding; samples from `first_sample` on, `elements` = the chunk's `n·K·L`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn im2col_kernel<F: Float>(
+        x: &Tensor<F>,
+        cols: &mut Tensor<F>,
+        channels: u32,
+        height: u32,
+        width: u32,
+        out_height: u32,
+        out_width: u32,
+        kernel_h: u32,
+        kernel_w: u32,
+        stride_h: u32,
+        stride_w: u32,
+        pad_h: u32,
+        pad_w: u32,
+        dilation_h: u32,
+        dilation_w: u32,
+        first_sample: u32,
+        elements: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let e = ABSOLUTE_POS;
+        if e < elements as usize {
+            let taps = (kernel_h * kernel_w) as usize;
+            let positions = (out_height * out_width) as usize;
+            let depth = channels as usize * taps;
+            let p = e % positions;
+            let k = (e / positions) % depth;
+            let n = e / (positions * depth) + first_sample as usize;
+            let c = k / taps;
+            let i = (k % taps) / kernel_w as usize;
+            let j = k % kernel_w as usize;
+            // Padded coordinates: unsigned, the padding subtracted only once inside.
+            let hp = (p / out_width as usize) * stride_h as usize + i * dilation_h as usize;
+            let wp = (p % out_width as usize) * stride_w as usize + j * dilation_w as usize;
+            let (ph, pw) = (pad_h as usize, pad_w as usize);
+            let mut value = F::new(0.0);
+            if hp >= ph && hp < height as usize + ph && wp >= pw && wp < width as usize + pw {
+                let row = (n * channels as usize + c) * height as usize + hp - ph;
+                value = x[row * width as usize + wp - pw];
+            }
+            cols[e] = value;
+        }
+    }
+
+    /// The fold of column gradients back onto the input: `dx[n, c, h, w]` = the sum over kernel
+    /// taps `(i, j)` of `dcols[n, (c, i, j), p]` at the output position `p` whose tap covers
+    /// `(h, w)`, if any (a gather: no atomics, any stride). Writes the chunk's samples from
+    /// `first_sample` on, `elements` = the chunk's `n·c·h·w`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn col2im_kernel<F: Float>(
+        dcols: &Tensor<F>,
+        dx: &mut Tensor<F>,
+        channels: u32,
+        height: u32,
+        width: u32,
+        out_height: u32,
+        out_width: u32,
+        kernel_h: u32,
+        kernel_w: u32,
+        stride_h: u32,
+        stride_w: u32,
+        pad_h: u32,
+        pad_w: u32,
+        dilation_h: u32,
+        dilation_w: u32,
+        first_sample: u32,
+        elements: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let e = ABSOLUTE_POS;
+        if e < elements as usize {
+            let taps = (kernel_h * kernel_w) as usize;
+            let positions = (out_height * out_width) as usize;
+            let depth = channels as usize * taps;
+            let w = e % width as usize;
+            let h = (e / width as usize) % height as usize;
+            let c = (e / (width * height) as usize) % channels as usize;
+            let n = e / (width * height * channels) as usize;
+            let hp = h + pad_h as usize;
+            let wp = w + pad_w as usize;
+            let mut sum = f32::new(0.0);
+            // Tap (i, j) covers (h, w) from output (oh, ow) where oh·stride + i·dilation = h + pad.
+            for i in 0..kernel_h as usize {
+                let reach_h = i * dilation_h as usize;
+                if hp >= reach_h {
+                    let off_h = hp - reach_h;
+                    let oh = off_h / stride_h as usize;
+                    if oh * stride_h as usize == off_h && oh < out_height as usize {
+                        for j in 0..kernel_w as usize {
+                            let reach_w = j * dilation_w as usize;
+                            if wp >= reach_w {
+                                let off_w = wp - reach_w;
+                                let ow = off_w / stride_w as usize;
+                                if ow * stride_w as usize == off_w && ow < out_width as usize {
+                                    let k = c * taps + i * kernel_w as usize + j;
+                                    let p = oh * out_width as usize + ow;
+                                    sum += f32::cast_from(dcols[(n * depth + k) * positions + p]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let offset = first_sample * channels * height * width;
+            dx[offset as usize + e] = F::cast_from(sum);
+        }
+    }
+}
 
 /// A convolution's settings and the shape of what it produces, copyable into a stream op.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +185,8 @@ struct Conv {
     groups: usize,
     /// The output's shape: y's, x's or w's.
     out: [usize; 4],
+    /// Whether Burn's implicit GEMM is tried first.
+    implicit_gemm: bool,
 }
 
 impl Conv {
@@ -56,16 +216,28 @@ impl KernelOp<2, 1> for Conv {
                 strategy,
             ),
         };
-        let out = attempt(ConvStrategy::ImplicitGemm)
-            .or_else(|_| attempt(ConvStrategy::Direct))
-            .unwrap_or_else(|e| panic!("convolution {self:?}: {e:?}"));
+        let gemm = if self.implicit_gemm {
+            attempt(ConvStrategy::ImplicitGemm)
+                .ok()
+                .inspect(|_| count(0))
+        } else {
+            None
+        };
+        let out = gemm
+            .or_else(|| im2col(self, a.clone(), b.clone()).inspect(|_| count(1)))
+            .unwrap_or_else(|| {
+                count(2);
+                attempt(ConvStrategy::Direct)
+                    .unwrap_or_else(|e| panic!("convolution {self:?}: {e:?}"))
+            });
         [out]
     }
 }
 
 /// Runs `pass` of a convolution on `a` and `b` (see [`Pass`]) as one stream operation, producing
-/// `out` in `dtype`; `None` where backend `I` is not a CubeCL backend or the kernels are off.
+/// `out` in `dtype`, Burn's implicit GEMM first if `implicit_gemm`, else im2col first; `None` where backend `I` is not a CubeCL backend or the kernels are off.
 pub(crate) fn launch<I: Backend>(
+    implicit_gemm: bool,
     pass: Pass,
     a: FloatTensor<I>,
     b: FloatTensor<I>,
@@ -83,6 +255,7 @@ pub(crate) fn launch<I: Backend>(
         dilation: options.dilation,
         groups: options.groups,
         out,
+        implicit_gemm,
     };
     let [y] = Apply::<I, 2, 1, _> {
         name: "likeness_conv2d",
@@ -92,4 +265,191 @@ pub(crate) fn launch<I: Backend>(
     }
     .apply()?;
     Some(y)
+}
+
+/// A convolution's geometry as the kernels take it: `[c, h, w, oh, ow, kh, kw, stride_h,
+/// stride_w, pad_h, pad_w, dilation_h, dilation_w]`.
+type Geometry = [u32; 13];
+
+/// `conv`'s pass by im2col + matmul (see the module notes); `None` where that tier does not take
+/// it: groups, operands of two dtypes, sizes past 32-bit indices, or one sample's columns over
+/// the cap ([`COLUMNS_BYTES`], [`set_columns_bytes`]).
+fn im2col<R: CubeRuntime>(
+    conv: &Conv,
+    a: CubeTensor<R>,
+    b: CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    if conv.groups != 1 || a.dtype != b.dtype {
+        return None;
+    }
+    let dtype = a.dtype;
+    let cap = COLUMNS.load(std::sync::atomic::Ordering::Relaxed);
+    // The three shapes, whichever the pass: x `[n, c, h, w]`, w `[o, c, kh, kw]`, y `[n, o, oh, ow]`.
+    let dims = |t: &CubeTensor<R>| t.meta.shape().dims::<4>();
+    let (x_shape, w_shape) = match conv.pass {
+        Pass::Forward => (dims(&a), dims(&b)),
+        Pass::Data => (conv.out, dims(&b)),
+        Pass::Weight => (dims(&a), conv.out),
+    };
+    let [n, c, h, w] = x_shape;
+    let [o, _, kh, kw] = w_shape;
+    let [_, _, oh, ow] = crate::kernels::conv::output_shape(x_shape, w_shape, &conv.options());
+    let (depth, positions) = (c * kh * kw, oh * ow);
+    let per_sample = depth.checked_mul(positions)?;
+    let fits = |e: Option<usize>| e.is_some_and(|e| e < u32::MAX as usize);
+    if !fits(n.checked_mul(per_sample))
+        || !fits(n.checked_mul(c * h * w))
+        || !fits(n.checked_mul(o * positions))
+        || per_sample == 0
+        || per_sample * dtype.size() > cap
+    {
+        return None;
+    }
+    let chunk = (cap / (per_sample * dtype.size())).clamp(1, n);
+    let u = |v: usize| v as u32;
+    let [stride_h, stride_w] = conv.stride.map(u);
+    let [pad_h, pad_w] = conv.padding.map(u);
+    let [dilation_h, dilation_w] = conv.dilation.map(u);
+    let geometry: Geometry = [
+        u(c),
+        u(h),
+        u(w),
+        u(oh),
+        u(ow),
+        u(kh),
+        u(kw),
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+    ];
+    let chunks = (0..n)
+        .step_by(chunk)
+        .map(|first| (first, chunk.min(n - first)));
+    match conv.pass {
+        Pass::Forward => {
+            let x = into_contiguous(a);
+            let weight = tensor::<R, 4>(b).reshape([1, o, depth]);
+            let mut parts: Vec<_> = chunks
+                .map(|(first, samples)| {
+                    weight
+                        .clone()
+                        .matmul(unfold(&x, first, samples, depth, positions, geometry))
+                })
+                .collect();
+            let y = if parts.len() == 1 {
+                parts.remove(0)
+            } else {
+                burn::prelude::Tensor::cat(parts, 0)
+            };
+            Some(primitive(y.reshape([n, o, oh, ow])))
+        }
+        Pass::Data => {
+            let dx = super::empty(&a, Shape::new([n, c, h, w]), dtype);
+            let dy = tensor::<R, 4>(a).reshape([n, o, positions]);
+            let weight_t = tensor::<R, 4>(b).reshape([1, o, depth]).swap_dims(1, 2);
+            for (first, samples) in chunks {
+                let dcols = weight_t
+                    .clone()
+                    .matmul(dy.clone().narrow(0, first, samples));
+                fold(
+                    into_contiguous(primitive(dcols)),
+                    &dx,
+                    first,
+                    samples,
+                    geometry,
+                );
+            }
+            Some(dx)
+        }
+        Pass::Weight => {
+            let x = into_contiguous(a);
+            let dy = tensor::<R, 4>(b).reshape([n, o, positions]);
+            let dw = chunks
+                .map(|(first, samples)| {
+                    let cols = unfold(&x, first, samples, depth, positions, geometry);
+                    dy.clone()
+                        .narrow(0, first, samples)
+                        .matmul(cols.swap_dims(1, 2))
+                        .sum_dim(0)
+                })
+                .reduce(|sum, part| sum + part)?;
+            Some(primitive(dw.reshape([o, c, kh, kw])))
+        }
+    }
+}
+
+/// The columns `[samples, depth, positions]` of `x`'s samples `first..first + samples`.
+fn unfold<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    first: usize,
+    samples: usize,
+    depth: usize,
+    positions: usize,
+    g: Geometry,
+) -> burn::prelude::Tensor<super::Inner<R>, 3> {
+    let cols = super::empty(x, Shape::new([samples, depth, positions]), x.dtype);
+    let elements = samples * depth * positions;
+    let (count, dim) = super::elementwise(x, elements);
+    device::im2col_kernel::launch::<R>(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        cols.clone().into_tensor_arg(),
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5],
+        g[6],
+        g[7],
+        g[8],
+        g[9],
+        g[10],
+        g[11],
+        g[12],
+        first as u32,
+        elements as u32,
+        x.dtype.into(),
+    );
+    tensor::<R, 3>(cols)
+}
+
+/// Folds the column gradients `dcols` of samples `first..first + samples` into `dx`.
+fn fold<R: CubeRuntime>(
+    dcols: CubeTensor<R>,
+    dx: &CubeTensor<R>,
+    first: usize,
+    samples: usize,
+    g: Geometry,
+) {
+    let elements = samples * (g[0] * g[1] * g[2]) as usize;
+    let (count, dim) = super::elementwise(dx, elements);
+    device::col2im_kernel::launch::<R>(
+        &dx.client,
+        count,
+        dim,
+        dcols.into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5],
+        g[6],
+        g[7],
+        g[8],
+        g[9],
+        g[10],
+        g[11],
+        g[12],
+        first as u32,
+        elements as u32,
+        dx.dtype.into(),
+    );
 }
