@@ -133,6 +133,8 @@ LA="env LIKENESS_ATTENTION_KERNEL=always $L"
 # Burn's own convolution (autotuned with the `autotune` feature, direct without) instead of
 # Likeness' op on Burn's implicit-GEMM kernels (the default of builds without autotune).
 LB="env LIKENESS_CONV=burn $L"
+# Likeness' im2col + matmul tier without the implicit GEMM before it (session 11).
+LI="env LIKENESS_CONV=im2col $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
@@ -154,6 +156,7 @@ item infer-bf16 90 diffusers $P --precision bf16 --iters 3 --profile
 item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
 item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
+item db-bf16-b1 100 likeness-im2col $LI --precision bf16 --only db-step --batch 1 --iters 3
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 1 --profile
 item unet-f32 60 likeness $L --precision f32 --only unet --iters 3
 item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
