@@ -275,6 +275,22 @@ mod device {
         }
     }
 
+    /// Row `row` of the row kernels: its length `m`, its first element, and its first channel.
+    #[cube]
+    fn row_extent(
+        row: usize,
+        groups: u32,
+        channels_per_group: u32,
+        len: u32,
+    ) -> (usize, usize, usize) {
+        let m = (channels_per_group * len) as usize;
+        (
+            m,
+            row * m,
+            (row % groups as usize) * channels_per_group as usize,
+        )
+    }
+
     /// Per (sample, group) — `m = channels_per_group·len` contiguous elements, a cube each — for
     /// channels of few positions: the group's mean and 1/σ (two passes over the row) and then
     /// `y = silu?(γ·x̂ + β)`, in one launch.
@@ -299,9 +315,7 @@ mod device {
         let row = CUBE_POS;
         // The same for every unit of a cube, so the barriers inside stay uniform.
         if row < rows as usize {
-            let m = (channels_per_group * len) as usize;
-            let base = row * m;
-            let first_channel = (row % groups as usize) * channels_per_group as usize;
+            let (m, base, first_channel) = row_extent(row, groups, channels_per_group, len);
             let mut shared = SharedMemory::<f32>::new(block as usize);
             let mut sum = f32::new(0.0);
             let mut i = UNIT_POS as usize;
@@ -360,9 +374,7 @@ mod device {
     ) {
         let row = CUBE_POS;
         if row < rows as usize {
-            let m = (channels_per_group * len) as usize;
-            let base = row * m;
-            let first_channel = (row % groups as usize) * channels_per_group as usize;
+            let (m, base, first_channel) = row_extent(row, groups, channels_per_group, len);
             let mu = mean[row];
             let r = rstd[row];
             let mut shared = SharedMemory::<f32>::new(block as usize);
