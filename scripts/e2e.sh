@@ -11,11 +11,15 @@ out="${E2E_OUT:-$target/e2e}"
 rm -rf "$out"
 mkdir -p "$out"
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build)
-# E2E_CARGO_ARGS: extra cargo arguments, e.g. --no-default-features for a CPU-only build.
+# The app and the CLI in one cargo invocation, with the features `cargo test --workspace` gives
+# the libraries: the dependencies then resolve exactly as in the test build (the CLI's clap and
+# ctrlc change features of crates that Burn's macros share), so after it only Tauri and the app
+# compile here. Built alone, or without GPU backends, each rebuilt the Burn/CubeCL stack (about
+# 140 units each, a quarter of a cold CI run). E2E_CARGO_ARGS replaces these arguments, e.g.
+# `--no-default-features` for a CPU-only app.
 # shellcheck disable=SC2086
-ui/node_modules/.bin/tauri build --debug --no-bundle --ci -- --locked ${E2E_CARGO_ARGS:-}
-# shellcheck disable=SC2086
-cargo build --locked -p likeness-cli ${E2E_CARGO_ARGS:-}
+ui/node_modules/.bin/tauri build --debug --no-bundle --ci -- --locked -p likeness-app -p likeness-cli \
+  ${E2E_CARGO_ARGS---features likeness-models/default,likeness-train/default}
 app="$target/debug/likeness-app"
 workspace="$(mktemp -d)"
 trap 'rm -rf "$workspace"' EXIT
