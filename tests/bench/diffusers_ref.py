@@ -249,6 +249,17 @@ def ops(a, dtype):
         xg.grad = None
         F.conv2d(xg, wg, padding=1).float().sum().backward()
     bench(f"op: conv3x3 320→320 fwd+bwd [2, 320, {lat}, {lat}]", conv_bwd)
+    w1 = torch.randn(320, 320, 1, 1, device=dev, dtype=dtype) * 0.05
+    with torch.no_grad():
+        bench(f"op: conv1x1 320→320 fwd [2, 320, {lat}, {lat}]",
+              lambda: F.conv2d(x, w1).float().sum().item())
+    w1g = w1.clone().requires_grad_(True)
+
+    def conv1_bwd():
+        w1g.grad = None
+        xg.grad = None
+        F.conv2d(xg, w1g).float().sum().backward()
+    bench(f"op: conv1x1 320→320 fwd+bwd [2, 320, {lat}, {lat}]", conv1_bwd)
     tokens = torch.randn(2 * seq, 320, device=dev, dtype=dtype)
     lw = torch.randn(320, 2560, device=dev, dtype=dtype) * 0.05
     with torch.no_grad():

@@ -489,6 +489,27 @@ fn ops<B: Backend>(
             let _ = wg.grad(&g).map(|t| t.sum().into_data());
         },
     );
+    // A pointwise convolution 320 → 320 at the first level (SD 1's transformer projections):
+    // a batched matmul on the GEMM tiers.
+    let w1 = Tensor::<AB<B>, 4>::random([320, 320, 1, 1], normal, device) * 0.05;
+    let opts1 = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let conv1 = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
+        likeness_models::kernels::conv::conv2d(x, w, None, opts1.clone())
+    };
+    bench(
+        &format!("op: conv1x1 320→320 fwd [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let _ = conv1(x.clone(), w1.clone()).sum().into_data();
+        },
+    );
+    let w1g = w1.clone().require_grad();
+    bench(
+        &format!("op: conv1x1 320→320 fwd+bwd [2, 320, {lat}, {lat}]"),
+        &mut || {
+            let g = conv1(xg.clone(), w1g.clone()).sum().backward();
+            let _ = w1g.grad(&g).map(|t| t.sum().into_data());
+        },
+    );
     // The feed-forward's first projection: 320 → 2560 (GEGLU) over 2·4096 tokens.
     let tokens = Tensor::<AB<B>, 2>::random([2 * seq, 320], normal, device);
     let lw = Tensor::<AB<B>, 2>::random([320, 2560], normal, device) * 0.05;

@@ -75,7 +75,8 @@ pub fn conv_policy() -> ConvPolicy {
 
 /// How many convolution passes (forward, data or weight gradient) each tier under
 /// [`ConvPolicy::Gemm`] / [`ConvPolicy::Im2col`] has run in this process: `[implicit GEMM,
-/// im2col, direct]` (all zero without the CubeCL backends).
+/// im2col (pointwise convolutions' matmuls among them), direct]` (all zero without the CubeCL
+/// backends).
 pub fn tier_counts() -> [u64; 3] {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
     return super::cube::conv::tier_counts();

@@ -534,6 +534,27 @@ fn reduce_launch<R: CubeRuntime>(
     (cubes(like, rows), CubeDim::new_1d(block), block)
 }
 
+/// Elements each unit of a row kernel's cube takes, about: the cube is the power of two at or
+/// above `len /` this, at least [`ROW_UNITS_MIN`] and at most [`block`]. Measured on lavapipe
+/// (`LayerNorm(320)` over [2, 256, 320], `docs/perf.md` session 12), a cube of 256 for a
+/// 320-element row took 2.9× the time of one of 32 forward, 3.1× forward and backward (128: 2.1×,
+/// 2.1×; 64: 1.5×, 1.6×); on a GPU a warp per row of a few hundred elements is the usual layout.
+const ROW_ELEMENTS_PER_UNIT: usize = 16;
+/// The smallest cube of the row kernels: a warp on NVIDIA GPUs.
+const ROW_UNITS_MIN: u32 = 32;
+
+/// The launch of the row kernels over `rows` rows of `len` elements, a cube each (see
+/// [`ROW_ELEMENTS_PER_UNIT`]). Returns the cube count and size, and the size.
+fn row_launch<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    rows: usize,
+    len: usize,
+) -> (CubeCount, CubeDim, u32) {
+    let units = len.div_ceil(ROW_ELEMENTS_PER_UNIT).next_power_of_two() as u32;
+    let block = units.max(ROW_UNITS_MIN).min(block(like));
+    (cubes(like, rows), CubeDim::new_1d(block), block)
+}
+
 /// Cube count and size for `elements` units of element-wise work.
 fn elementwise<R: CubeRuntime>(like: &CubeTensor<R>, elements: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new_1d(ELEMENTWISE.min(block(like).max(1)));
@@ -704,7 +725,7 @@ fn forward_rows<R: CubeRuntime>(
     let y = empty(&x, Shape::new([n, c, l]), dtype);
     let mean = empty(&x, Shape::new([n, groups, 1]), DType::F32);
     let rstd = empty(&x, Shape::new([n, groups, 1]), DType::F32);
-    let (count, dim, block) = reduce_launch(&x, n * groups, c / groups * l);
+    let (count, dim, block) = row_launch(&x, n * groups, c / groups * l);
     device::row_forward_kernel::launch::<R>(
         &client,
         count,
@@ -743,7 +764,7 @@ fn backward_rows<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeT
     let dtype = x.dtype;
 
     let dx = empty(&x, Shape::new([n, c, l]), dtype);
-    let (count, dim, block) = reduce_launch(&x, n * groups, c / groups * l);
+    let (count, dim, block) = row_launch(&x, n * groups, c / groups * l);
     device::row_backward_kernel::launch::<R>(
         &client,
         count,

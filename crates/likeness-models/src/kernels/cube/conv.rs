@@ -11,6 +11,10 @@
 //!    chunks), and leaves grouped convolutions and larger single samples to
 //! 3. Burn's direct kernels, which run everything.
 //!
+//! A pointwise convolution (1×1, stride 1, no padding: the UNet's shortcuts and SD 1's
+//! transformer projections) is its own columns: each pass is one batched matmul, with no cap,
+//! and it starts at tier 2, tier 1 being the same GEMM with more index arithmetic.
+//!
 //! A build without Burn's `autotune` feature would otherwise run the direct convolution, which
 //! took 66 % of an SD 1.5 UNet forward on an H100 (`docs/perf.md`, session 9). All tiers compute
 //! the same convolution, so the result never depends on which one ran beyond rounding.
@@ -46,7 +50,7 @@ static TIERS: [std::sync::atomic::AtomicU64; 3] =
     [const { std::sync::atomic::AtomicU64::new(0) }; 3];
 
 /// How many convolution passes (forward, data or weight gradient) each tier has run in this
-/// process: `[implicit GEMM, im2col, direct]`.
+/// process: `[implicit GEMM, im2col (pointwise matmuls among them), direct]`.
 pub fn tier_counts() -> [u64; 3] {
     TIERS
         .each_ref()
@@ -193,6 +197,24 @@ impl Conv {
     fn options(&self) -> ConvOptions<2> {
         ConvOptions::new(self.stride, self.padding, self.dilation, self.groups)
     }
+
+    /// The input's and the weight's shapes, `[n, c, h, w]` and `[o, c, kh, kw]`, from the pass's
+    /// operands `a`, `b` and its output.
+    fn shapes<R: CubeRuntime>(&self, a: &CubeTensor<R>, b: &CubeTensor<R>) -> [[usize; 4]; 2] {
+        let dims = |t: &CubeTensor<R>| t.meta.shape().dims::<4>();
+        match self.pass {
+            Pass::Forward => [dims(a), dims(b)],
+            Pass::Data => [self.out, dims(b)],
+            Pass::Weight => [dims(a), self.out],
+        }
+    }
+
+    /// Whether the convolution is pointwise: a 1×1 kernel, stride 1, no padding, one group — a
+    /// matmul over channels at every position.
+    fn pointwise<R: CubeRuntime>(&self, a: &CubeTensor<R>, b: &CubeTensor<R>) -> bool {
+        let [_, [_, _, kh, kw]] = self.shapes(a, b);
+        (kh, kw) == (1, 1) && self.stride == [1, 1] && self.padding == [0, 0] && self.groups == 1
+    }
 }
 
 impl KernelOp<2, 1> for Conv {
@@ -216,7 +238,8 @@ impl KernelOp<2, 1> for Conv {
                 strategy,
             ),
         };
-        let gemm = if self.implicit_gemm {
+        // A pointwise convolution is a matmul already: it goes straight to the tier that runs one.
+        let gemm = if self.implicit_gemm && !self.pointwise(&a, &b) {
             attempt(ConvStrategy::ImplicitGemm)
                 .ok()
                 .inspect(|_| count(0))
@@ -282,15 +305,13 @@ fn im2col<R: CubeRuntime>(
     if conv.groups != 1 || a.dtype != b.dtype {
         return None;
     }
+    if conv.pointwise(&a, &b) {
+        return Some(pointwise(conv, a, b));
+    }
     let dtype = a.dtype;
     let cap = COLUMNS.load(std::sync::atomic::Ordering::Relaxed);
     // The three shapes, whichever the pass: x `[n, c, h, w]`, w `[o, c, kh, kw]`, y `[n, o, oh, ow]`.
-    let dims = |t: &CubeTensor<R>| t.meta.shape().dims::<4>();
-    let (x_shape, w_shape) = match conv.pass {
-        Pass::Forward => (dims(&a), dims(&b)),
-        Pass::Data => (conv.out, dims(&b)),
-        Pass::Weight => (dims(&a), conv.out),
-    };
+    let [x_shape, w_shape] = conv.shapes(&a, &b);
     let [n, c, h, w] = x_shape;
     let [o, _, kh, kw] = w_shape;
     let [_, _, oh, ow] = crate::kernels::conv::output_shape(x_shape, w_shape, &conv.options());
@@ -379,6 +400,33 @@ fn im2col<R: CubeRuntime>(
             Some(primitive(dw.reshape([o, c, kh, kw])))
         }
     }
+}
+
+/// `conv`'s pass for a pointwise convolution (see [`Conv::pointwise`]): the input is its own
+/// columns `[n, c, h·w]`, so each pass is one batched matmul, with neither unfolding nor folding
+/// nor a cap on columns.
+fn pointwise<R: CubeRuntime>(conv: &Conv, a: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<R> {
+    let [[n, c, h, w], [o, ..]] = conv.shapes(&a, &b);
+    let positions = h * w;
+    let weight = |t: CubeTensor<R>| tensor::<R, 4>(t).reshape([1, o, c]);
+    let y = match conv.pass {
+        // y = W·x per sample.
+        Pass::Forward => weight(b)
+            .matmul(tensor::<R, 4>(a).reshape([n, c, positions]))
+            .reshape([n, o, h, w]),
+        // dx = Wᵀ·dy per sample.
+        Pass::Data => weight(b)
+            .swap_dims(1, 2)
+            .matmul(tensor::<R, 4>(a).reshape([n, o, positions]))
+            .reshape([n, c, h, w]),
+        // dW = Σₙ dy·xᵀ.
+        Pass::Weight => tensor::<R, 4>(b)
+            .reshape([n, o, positions])
+            .matmul(tensor::<R, 4>(a).reshape([n, c, positions]).swap_dims(1, 2))
+            .sum_dim(0)
+            .reshape([o, c, 1, 1]),
+    };
+    primitive(y)
 }
 
 /// The columns `[samples, depth, positions]` of `x`'s samples `first..first + samples`.
