@@ -444,31 +444,46 @@ fn ops<B: Backend>(
     let conv = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
         likeness_models::kernels::conv::conv2d(x, w, None, opts.clone())
     };
-    // Before timing it: the op's output and input gradient against Burn's own `conv2d` on this
-    // device (the kernels' parity tests run on the CPU's Vulkan, which has no tensor cores).
+    // A pointwise convolution 320 → 320 at the first level (SD 1's transformer projections):
+    // a batched matmul on the GEMM tiers.
+    let w1 = Tensor::<AB<B>, 4>::random([320, 320, 1, 1], normal, device) * 0.05;
+    let opts1 = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let conv1 = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
+        likeness_models::kernels::conv::conv2d(x, w, None, opts1.clone())
+    };
+    // Before timing them: the op's output and input gradient against Burn's own `conv2d` on this
+    // device, 3×3 and 1×1 (the kernels' parity tests run on the CPU's Vulkan, which has no tensor
+    // cores); max error over max value of y and dx.
     let check = {
         let rel = |a: Tensor<AB<B>, 4>, b: Tensor<AB<B>, 4>| {
             let scale = b.clone().abs().max().into_scalar().elem::<f64>().max(1e-30);
             (a - b).abs().max().into_scalar().elem::<f64>() / scale
         };
-        let xr = x.clone().require_grad();
-        let y_op = conv(xr.clone(), w.clone());
-        let dx_op = xr.grad(&y_op.clone().sum().backward()).expect("dx");
-        let xr = x.clone().require_grad();
-        let y_burn = burn::tensor::module::conv2d(xr.clone(), w.clone(), None, opts.clone());
-        let dx_burn = xr.grad(&y_burn.clone().sum().backward()).expect("dx");
-        let (e_y, e_dx) = (
-            rel(y_op, y_burn),
-            rel(Tensor::from_inner(dx_op), Tensor::from_inner(dx_burn)),
-        );
+        let errors = |w: &Tensor<AB<B>, 4>, opts: &burn::tensor::ops::ConvOptions<2>| {
+            let xr = x.clone().require_grad();
+            let y_op =
+                likeness_models::kernels::conv::conv2d(xr.clone(), w.clone(), None, opts.clone());
+            let dx_op = xr.grad(&y_op.clone().sum().backward()).expect("dx");
+            let xr = x.clone().require_grad();
+            let y_burn = burn::tensor::module::conv2d(xr.clone(), w.clone(), None, opts.clone());
+            let dx_burn = xr.grad(&y_burn.clone().sum().backward()).expect("dx");
+            (
+                rel(y_op, y_burn),
+                rel(Tensor::from_inner(dx_op), Tensor::from_inner(dx_burn)),
+            )
+        };
+        let (e_y, e_dx) = errors(&w, &opts);
+        let (e_y1, e_dx1) = errors(&w1, &opts1);
         eprintln!(
-            "conv op against Burn's conv2d: max error / max value: y {e_y:.1e}, dx {e_dx:.1e}"
+            "conv op against Burn's conv2d: max error / max value: 3×3 y {e_y:.1e}, dx \
+             {e_dx:.1e}; 1×1 y {e_y1:.1e}, dx {e_dx1:.1e}"
         );
         let [gemm, im2col, direct] = likeness_models::kernels::conv::tier_counts();
         row(
             &format!(
                 "check: conv op ({:?}; passes so far: implicit GEMM {gemm}, im2col {im2col}, \
-                 direct {direct}) vs Burn's conv2d, max err / max: y {e_y:.1e}, dx {e_dx:.1e}",
+                 direct {direct}) vs Burn's conv2d, max err / max: 3×3 y {e_y:.1e}, dx \
+                 {e_dx:.1e}; 1×1 y {e_y1:.1e}, dx {e_dx1:.1e}",
                 likeness_models::kernels::conv::conv_policy()
             ),
             label,
@@ -489,13 +504,6 @@ fn ops<B: Backend>(
             let _ = wg.grad(&g).map(|t| t.sum().into_data());
         },
     );
-    // A pointwise convolution 320 → 320 at the first level (SD 1's transformer projections):
-    // a batched matmul on the GEMM tiers.
-    let w1 = Tensor::<AB<B>, 4>::random([320, 320, 1, 1], normal, device) * 0.05;
-    let opts1 = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let conv1 = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
-        likeness_models::kernels::conv::conv2d(x, w, None, opts1.clone())
-    };
     bench(
         &format!("op: conv1x1 320→320 fwd [2, 320, {lat}, {lat}]"),
         &mut || {
