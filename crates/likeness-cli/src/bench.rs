@@ -437,20 +437,13 @@ fn ops<B: Backend>(
             },
         );
     }
-    // 3×3 convolution 320 → 320 at the first level, as the models run it (Likeness' op:
-    // `kernels::conv`, whose kernels follow `LIKENESS_CONV`).
+    // Convolutions 320 → 320 at the first level as the models run them (Likeness' op:
+    // `kernels::conv`, whose kernels follow `LIKENESS_CONV`): the resnets' 3×3, and a pointwise
+    // one (SD 1's transformer projections: a batched matmul on the GEMM tiers).
     let w = Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02;
     let opts = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let conv = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
-        likeness_models::kernels::conv::conv2d(x, w, None, opts.clone())
-    };
-    // A pointwise convolution 320 → 320 at the first level (SD 1's transformer projections):
-    // a batched matmul on the GEMM tiers.
     let w1 = Tensor::<AB<B>, 4>::random([320, 320, 1, 1], normal, device) * 0.05;
     let opts1 = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let conv1 = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
-        likeness_models::kernels::conv::conv2d(x, w, None, opts1.clone())
-    };
     // Before timing them: the op's output and input gradient against Burn's own `conv2d` on this
     // device, 3×3 and 1×1 (the kernels' parity tests run on the CPU's Vulkan, which has no tensor
     // cores); max error over max value of y and dx.
@@ -490,34 +483,25 @@ fn ops<B: Backend>(
             &[0.0, 0.0],
         )
     };
-    bench(
-        &format!("op: conv3x3 320→320 fwd [2, 320, {lat}, {lat}]"),
-        &mut || {
-            let _ = conv(x.clone(), w.clone()).sum().into_data();
-        },
-    );
-    let wg = w.clone().require_grad();
-    bench(
-        &format!("op: conv3x3 320→320 fwd+bwd [2, 320, {lat}, {lat}]"),
-        &mut || {
-            let g = conv(xg.clone(), wg.clone()).sum().backward();
-            let _ = wg.grad(&g).map(|t| t.sum().into_data());
-        },
-    );
-    bench(
-        &format!("op: conv1x1 320→320 fwd [2, 320, {lat}, {lat}]"),
-        &mut || {
-            let _ = conv1(x.clone(), w1.clone()).sum().into_data();
-        },
-    );
-    let w1g = w1.clone().require_grad();
-    bench(
-        &format!("op: conv1x1 320→320 fwd+bwd [2, 320, {lat}, {lat}]"),
-        &mut || {
-            let g = conv1(xg.clone(), w1g.clone()).sum().backward();
-            let _ = w1g.grad(&g).map(|t| t.sum().into_data());
-        },
-    );
+    for (name, w, opts) in [("conv3x3", &w, &opts), ("conv1x1", &w1, &opts1)] {
+        let conv = |x: Tensor<AB<B>, 4>, w: Tensor<AB<B>, 4>| {
+            likeness_models::kernels::conv::conv2d(x, w, None, opts.clone())
+        };
+        bench(
+            &format!("op: {name} 320→320 fwd [2, 320, {lat}, {lat}]"),
+            &mut || {
+                let _ = conv(x.clone(), w.clone()).sum().into_data();
+            },
+        );
+        let wg = w.clone().require_grad();
+        bench(
+            &format!("op: {name} 320→320 fwd+bwd [2, 320, {lat}, {lat}]"),
+            &mut || {
+                let g = conv(xg.clone(), wg.clone()).sum().backward();
+                let _ = wg.grad(&g).map(|t| t.sum().into_data());
+            },
+        );
+    }
     // The feed-forward's first projection: 320 → 2560 (GEGLU) over 2·4096 tokens.
     let tokens = Tensor::<AB<B>, 2>::random([2 * seq, 320], normal, device);
     let lw = Tensor::<AB<B>, 2>::random([320, 2560], normal, device) * 0.05;
