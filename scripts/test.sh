@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 export CARGO_TERM_COLOR=never
+# GPU kernels' compilation and tuning results (lavapipe runs the wgpu tests) beside the target
+# folder: kept between runs on one machine as the builds are, fresh on a new one.
+export LIKENESS_KERNEL_CACHE="${LIKENESS_KERNEL_CACHE:-${CARGO_TARGET_DIR:-$PWD/target}/kernels}"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -317,8 +317,7 @@ fn group_norm_forward_is_burns_on_plain_backends() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn kernels_on_wgpu_match_burns_autodiff_on_the_cpu() {
-    if std::env::var_os("LIKENESS_SKIP_WGPU").is_some() {
-        eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
+    if common::skip_wgpu() {
         return;
     }
     type AW = Autodiff<burn::backend::Wgpu<f32>>;

@@ -13,6 +13,8 @@ fn the_switch_sends_group_norm_and_attention_back_to_burns_ops() {
         eprintln!("LIKENESS_SKIP_WGPU set: skipping");
         return;
     }
+    // Tuning results kept where CI keeps them between runs (see `common::skip_wgpu`).
+    likeness_models::device::kernel_cache::configure();
     // SAFETY: the only test of this process; nothing else reads the environment meanwhile.
     unsafe { std::env::set_var("LIKENESS_CUBE_KERNELS", "0") };
     type W = burn::backend::Wgpu<f32>;

@@ -73,6 +73,12 @@ pub fn skip_wgpu() -> bool {
     if skip {
         eprintln!("LIKENESS_SKIP_WGPU set: skipping the wgpu kernel test");
     }
+    // The app's kernel cache settings before the first kernel: Burn's tuning results then go to
+    // `$LIKENESS_KERNEL_CACHE` (CI: beside its target folder) and are kept between runs, instead
+    // of CubeCL's default, a `target` folder beside this crate's manifest — new in every clean
+    // clone, so every CI run tuned the tests' matmuls on lavapipe again (minutes).
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    likeness_models::device::kernel_cache::configure();
     skip
 }
 
