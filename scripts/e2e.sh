@@ -14,8 +14,8 @@ mkdir -p "$out"
 # The app and the CLI in one cargo invocation, with the features `cargo test --workspace` gives
 # the libraries: the dependencies then resolve exactly as in the test build (the CLI's clap and
 # ctrlc change features of crates that Burn's macros share), so after it only Tauri and the app
-# compile here. Built alone, or without GPU backends, each rebuilt the Burn/CubeCL stack (about
-# 140 units each, a quarter of a cold CI run). E2E_CARGO_ARGS replaces these arguments, e.g.
+# compile here. Built alone, each rebuilt the Burn stack (110–250 units outside the test build,
+# with or without GPU backends; ~13 min of a cold CI run). E2E_CARGO_ARGS replaces these, e.g.
 # `--no-default-features` for a CPU-only app.
 # shellcheck disable=SC2086
 ui/node_modules/.bin/tauri build --debug --no-bundle --ci -- --locked -p likeness-app -p likeness-cli \

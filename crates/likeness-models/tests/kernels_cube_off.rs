@@ -2,6 +2,8 @@
 //! switch is read once).
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use likeness_models::kernels::cube;
@@ -9,12 +11,9 @@ use likeness_models::kernels::group_norm::{self, GroupNormOptions};
 
 #[test]
 fn the_switch_sends_group_norm_and_attention_back_to_burns_ops() {
-    if std::env::var_os("LIKENESS_SKIP_WGPU").is_some() {
-        eprintln!("LIKENESS_SKIP_WGPU set: skipping");
+    if common::skip_wgpu() {
         return;
     }
-    // Tuning results kept where CI keeps them between runs (see `common::skip_wgpu`).
-    likeness_models::device::kernel_cache::configure();
     // SAFETY: the only test of this process; nothing else reads the environment meanwhile.
     unsafe { std::env::set_var("LIKENESS_CUBE_KERNELS", "0") };
     type W = burn::backend::Wgpu<f32>;
