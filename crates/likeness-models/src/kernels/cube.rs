@@ -23,7 +23,7 @@
 //! tensors' dtype. They run on the CubeCL backends' tensors, plain (`CubeTensor`) and, with the
 //! `fusion` feature, fused (`FusionTensor`, as a custom operation in the stream: the fusers stop
 //! at it); Flex keeps the Burn-op path of [`super::group_norm`]. Parity with that path:
-//! `tests/kernels_cube.rs` (lavapipe through wgpu).
+//! `tests/suite/kernels_cube.rs` (lavapipe through wgpu).
 
 use std::any::{Any, TypeId};
 

@@ -1,6 +1,6 @@
 //! Ops Likeness implements itself on top of Burn's, where Burn's own path is slow or memory-hungry
 //! for diffusion training. Each has a parity test against the plain Burn computation on the CPU
-//! backend (`tests/kernels.rs`).
+//! backend (`tests/suite/kernels.rs`).
 //!
 //! They are autodiff ops with their own backward. Likeness' model code is generic over
 //! `Backend`; a backend-extension trait would have to be threaded through every module and

@@ -20,7 +20,7 @@
 //! output and zero gradients. These kernels use no tensor cores (that needs CubeCL's `cmma`, which
 //! Mesa's lavapipe — what CI tests on — lacks); what they save is the score matrices' memory and
 //! traffic, and autotuning: Burn tunes its attention per shape (a minute on a first call).
-//! Parity: `tests/kernels_cube_attention.rs`.
+//! Parity: `tests/kernel_policies/cube_attention.rs`.
 
 use burn::prelude::*;
 use burn::tensor::{DType, Shape};

@@ -1,7 +1,7 @@
 //! `likeness generate` end to end on the tiny fixture model: files, index, PNG parameters,
 //! given/saved latents equal to diffusers', and one-line errors.
 
-mod common;
+use crate::common;
 use common::{fixture, likeness};
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! `ViTModel` (DINO layout) against transformers' `ViTModel` on the tiny scoring fixture.
 
-mod common;
+use crate::common;
 
 use common::{B, Io, assert_close, fixture, values};
 use likeness_models::vit::ViTModel;

@@ -1,6 +1,6 @@
 //! Photo import: decoding, orientation, refusals, duplicates, flags, files and the crop preview.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! `likeness dreambooth` end to end on the tiny fixture model: a run folder, resume with more
 //! steps, Ctrl-C (SIGINT) writing a checkpoint, and one-line errors.
 
-mod common;
+use crate::common;
 use common::{fixture, likeness};
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! `softmax(s·q·kᵀ [causal])·v` — on the CPU backend, forward and (through autodiff) backward.
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;

@@ -4,7 +4,7 @@
 //! backend: forward and, through autodiff, the gradients of input, weight and bias.
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;

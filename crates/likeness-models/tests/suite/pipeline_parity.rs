@@ -4,7 +4,7 @@
 //! (SD2-like) model, with classifier-free guidance on; and a single-file LDM checkpoint of the same
 //! weights gives the same result as the diffusers folder.
 
-mod common;
+use crate::common;
 
 use common::{B, Io, assert_close, fixture, values};
 use likeness_models::pipeline::{GenerateParams, NoiseSource};

@@ -1,7 +1,7 @@
 //! Mixed precision: frozen weights cast to bf16 compute in bf16 (norms in f32), outputs come back
 //! in f32, and LoRA adapters attached afterwards stay f32 with f32 gradients.
 
-mod common;
+use crate::common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;

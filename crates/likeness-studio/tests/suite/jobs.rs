@@ -1,7 +1,7 @@
 //! The job queue on the tiny SD1 fixture (16 px, CPU): order, events, cancel and resume, a
 //! process killed mid-run, DPO stages, seed-matched galleries, export and the error cases.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -393,7 +393,8 @@ fn a_job_killed_with_the_app_is_interrupted_and_resumes_with_a_continuous_loss_l
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_process_trains_until_killed",
+            // Test names are paths from the suite's root.
+            "jobs::child_process_trains_until_killed",
             "--test-threads=1",
         ])
         .env(CHILD_ENV, &s.ws_dir)
@@ -867,7 +868,7 @@ fn settings_and_events_have_the_app_json_shape() {
 }
 
 /// The built-in world model end to end, when its packed folders are at `$LIKENESS_WORLD_DIR`
-/// (`world-sd`, `world-clip`): `cargo test -p likeness-studio --test jobs -- --ignored`.
+/// (`world-sd`, `world-clip`): `cargo test -p likeness-studio --test suite jobs:: -- --ignored`.
 #[test]
 #[ignore = "needs the packed built-in world models in $LIKENESS_WORLD_DIR"]
 fn the_builtin_world_model_trains_dpo_and_galleries_with_its_own_clip() {

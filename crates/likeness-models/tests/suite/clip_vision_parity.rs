@@ -1,7 +1,7 @@
 //! `ClipModel` (both towers and projections) against transformers' `CLIPModel` on the tiny scoring
 //! fixture, end to end from PNG files, and its errors on folders that are not CLIP models.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

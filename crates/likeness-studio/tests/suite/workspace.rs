@@ -1,6 +1,6 @@
 //! The workspace database: migrations, projects and base models.
 
-mod common;
+use crate::common;
 
 use common::{TempDir, fixture};
 use likeness_studio::{BaseModelKind, SCHEMA_VERSION, StudioError, Workspace};

@@ -1,7 +1,7 @@
 //! DreamBooth a few steps → `likeness export-lora` in kohya and diffusers format → `likeness
 //! generate --lora` accepts both files, and the kohya file carries kohya's metadata.
 
-mod common;
+use crate::common;
 use common::{fixture, likeness};
 
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `Preprocessor` against transformers' slow `CLIPImageProcessor` / `ViTImageProcessor` (Pillow
 //! resampling) on the scoring fixture images: every filter, odd sizes, padding crops.
 
-mod common;
+use crate::common;
 
 use common::{Io, fixture};
 use likeness_models::image_preprocess::Preprocessor;

@@ -1,7 +1,7 @@
 //! Likeness' attention op (forward by the backend's attention, own backward) against Burn's
 //! attention differentiated op by op by `Autodiff`, on the CPU backend.
 
-mod common;
+use crate::common;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;

@@ -3,7 +3,7 @@
 //! index.jsonl and as `<lora:name:scale>` in the PNG parameters; what does not fit is one warning
 //! line, a LoRA of which nothing fits a one-line error.
 
-mod common;
+use crate::common;
 use common::fixture;
 
 use std::path::{Path, PathBuf};

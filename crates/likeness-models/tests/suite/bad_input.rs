@@ -1,6 +1,6 @@
 //! Bad model input gives one clear error naming the file (and key), never a panic.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@
 //!   `processor.to_k_lora` names no module — so exports keep one alpha per network.)
 //! - Round trips through both writers, metadata, and what cannot be placed is reported by name.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! numbers are finite. A second run with the same settings reuses everything; other settings in the
 //! same folder are refused.
 
-mod common;
+use crate::common;
 use common::likeness;
 
 #[test]

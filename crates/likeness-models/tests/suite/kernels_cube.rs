@@ -3,7 +3,7 @@
 //! Burn's own differentiation on the CPU backend.
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;

@@ -1,7 +1,7 @@
 //! `likeness world`: concept photos, and the VAE → CLIP → UNet chain (a few steps each) whose
 //! pipeline `likeness generate` loads; running it again continues instead of starting over.
 
-mod common;
+use crate::common;
 use common::likeness;
 
 #[test]

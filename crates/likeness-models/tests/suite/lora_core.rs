@@ -1,7 +1,7 @@
 //! LoRA adapters: attaching starts at the base model, merging equals the adapter forward, and only
 //! adapter parameters receive gradients.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

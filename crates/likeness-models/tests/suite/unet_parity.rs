@@ -257,7 +257,7 @@ fn presets_match_the_public_configs() {
 
 /// Builds SD1.5's full UNet from seeded random weights (~3.4 GB of f32) and checks its structure.
 /// Ignored by default: filling 860M random weights takes a while in a debug build; run with
-/// `cargo test --test unet_parity -- --ignored`.
+/// `cargo test -p likeness-models --test suite unet_parity:: -- --ignored`.
 #[test]
 #[ignore]
 fn sd15_preset_builds_with_the_published_parameter_count() {
