@@ -437,6 +437,44 @@ fn ops<B: Backend>(
             },
         );
     }
+    // Burn's flash kernels as Likeness launches them for the attentions its own kernels leave
+    // (tensor cores in half precision, in builds without autotune: `LIKENESS_FLASH`): their
+    // output against attention written out in f32 on this device, at the sizes above.
+    let flash_check = {
+        use likeness_models::kernels::attention::{flash, flash_counts, flash_policy};
+        let policy = flash_policy();
+        let errors: Vec<String> = [
+            (seq / 4, seq / 4, 80),
+            (seq / 16, seq / 16, 160),
+            (seq / 4, 77, 80),
+        ]
+        .into_iter()
+        .map(|(n_q, n_k, d)| {
+            let input = |n: usize| Tensor::<B, 4>::random([2, 8, n, d], normal, device);
+            let (q, k, v) = (input(n_q), input(n_k), input(n_k));
+            let err = flash(&q, &k, &v, false, policy).map(|got| {
+                let f32_of = |t: Tensor<B, 4>| t.cast(burn::tensor::DType::F32);
+                let scores = f32_of(q).matmul(f32_of(k).swap_dims(2, 3)) / (d as f64).sqrt();
+                let want = burn::tensor::activation::softmax(scores, 3).matmul(f32_of(v));
+                max_rel_err(f32_of(got), want)
+            });
+            let err = err.map_or_else(|| "not run".to_string(), |e| format!("{e:.1e}"));
+            format!("{n_q}×{n_k}/{d} {err}")
+        })
+        .collect();
+        let [cores, unit, refused, burn] = flash_counts();
+        let errors = errors.join(", ");
+        eprintln!("flash attention ({policy:?}) against f32 ops: max error / max value: {errors}");
+        row(
+            &format!(
+                "check: flash attention ({policy:?}; runs so far: tensor cores {cores}, unit \
+                 {unit}, refused {refused}, Burn's choice {burn}) vs attention in f32 ops, max \
+                 err / max: {errors}"
+            ),
+            label,
+            &[0.0, 0.0],
+        )
+    };
     // Convolutions 320 → 320 at the first level as the models run them (Likeness' op:
     // `kernels::conv`, whose kernels follow `LIKENESS_CONV`): the resnets' 3×3, and a pointwise
     // one (SD 1's transformer projections: a batched matmul on the GEMM tiers).
@@ -448,10 +486,7 @@ fn ops<B: Backend>(
     // device, 3×3 and 1×1 (the kernels' parity tests run on the CPU's Vulkan, which has no tensor
     // cores); max error over max value of y and dx.
     let check = {
-        let rel = |a: Tensor<AB<B>, 4>, b: Tensor<AB<B>, 4>| {
-            let scale = b.clone().abs().max().into_scalar().elem::<f64>().max(1e-30);
-            (a - b).abs().max().into_scalar().elem::<f64>() / scale
-        };
+        let rel = max_rel_err::<AB<B>>;
         let errors = |w: &Tensor<AB<B>, 4>, opts: &burn::tensor::ops::ConvOptions<2>| {
             let xr = x.clone().require_grad();
             let y_op =
@@ -520,7 +555,14 @@ fn ops<B: Backend>(
         },
     );
     rows.push(check);
+    rows.push(flash_check);
     Ok(rows)
+}
+
+/// max |a − b| / max |b|, on the device (only the two maxima are read back).
+fn max_rel_err<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f64 {
+    let scale = b.clone().abs().max().into_scalar().elem::<f64>().max(1e-30);
+    (a - b).abs().max().into_scalar().elem::<f64>() / scale
 }
 
 /// Fills in the peak memory column: the process's resident high-water mark on CPU; on a GPU what

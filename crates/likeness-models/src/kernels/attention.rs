@@ -7,7 +7,11 @@
 //!
 //! - on CUDA and wgpu, Likeness' flash-attention kernels ([`super::cube::attention`]) both ways:
 //!   the forward saves q, k, v, the output and the rows' log-sum-exp, the backward never writes a
-//!   score matrix (also the inference forward there, without autotuning);
+//!   score matrix (also the inference forward there, without autotuning); the attentions they
+//!   leave to Burn (the smaller ones, [`KernelPolicy`]) take a forward by Burn's kernels under
+//!   [`FlashPolicy`] ([`super::cube::flash`]: its tensor-core flash kernel chosen directly in half
+//!   precision in builds without autotune; always on contiguous copies) and the blocked backward
+//!   below;
 //! - elsewhere (Flex, or where the kernels do not apply or are switched off): forward by the inner
 //!   backend's own `attention`, saving q, k, v and the output; backward with the scores recomputed
 //!   in blocks of query rows small enough to bound memory, softmax in f32, and the gradients
@@ -50,6 +54,7 @@ pub fn attention<B: Backend>(
     let fused = if super::enabled() {
         dispatch::<B>(&q, &k, &v, options)
             .or_else(|| kernel_forward(&q, &k, &v, causal).map(|r| r.0))
+            .or_else(|| flash_forward(&q, &k, &v, causal))
     } else {
         None
     };
@@ -138,6 +143,86 @@ pub fn kernels_take(policy: KernelPolicy, n_q: usize, n_k: usize) -> bool {
         KernelPolicy::Always => true,
         KernelPolicy::BySize => n_q.saturating_mul(n_k) >= KERNEL_MIN_SCORES,
     }
+}
+
+/// Which of Burn's attention kernels Likeness launches, on CubeCL backends, for the attentions its
+/// own kernels do not take ([`super::cube::flash`]; always on contiguous copies of q, k and v,
+/// which Burn 0.21's flash kernels need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashPolicy {
+    /// Burn's own choice: autotuned among its flash kernels and its composed attention in builds
+    /// with the `autotune` feature, the composed attention (scores written out) without.
+    Off,
+    /// Burn's tensor-core (`cmma`) flash kernel for bf16 and f16 attentions, its composed
+    /// attention where that kernel refuses the shape or the device; f32 as under
+    /// [`FlashPolicy::Off`].
+    Accelerated,
+    /// Burn's unit-tile flash kernel (no tensor cores) for every dtype: to test and measure.
+    Unit,
+}
+
+static FLASH: super::Setting = super::Setting::new();
+
+/// The flash policy in force: set by [`set_flash_policy`], else `LIKENESS_FLASH` (`accelerated`,
+/// `unit`, `off`), else [`FlashPolicy::Accelerated`] in builds without the `autotune` feature and
+/// [`FlashPolicy::Off`] in builds with it (where Burn's autotune picks among the same kernels).
+pub fn flash_policy() -> FlashPolicy {
+    let from_env = || match std::env::var("LIKENESS_FLASH").as_deref() {
+        Ok("accelerated") => FlashPolicy::Accelerated,
+        Ok("unit") => FlashPolicy::Unit,
+        Ok("off") => FlashPolicy::Off,
+        _ if cfg!(feature = "autotune") => FlashPolicy::Off,
+        _ => FlashPolicy::Accelerated,
+    };
+    match FLASH.get(|| from_env() as u8) {
+        0 => FlashPolicy::Off,
+        1 => FlashPolicy::Accelerated,
+        _ => FlashPolicy::Unit,
+    }
+}
+
+/// Sets the flash policy for the rest of the process.
+pub fn set_flash_policy(policy: FlashPolicy) {
+    FLASH.set(policy as u8);
+}
+
+/// How many attentions [`flash`] ran in this process (the routing of [`attention`] included):
+/// `[tensor-core flash kernel, unit-tile flash kernel, composed attention after the kernel
+/// refused the shape, Burn's own choice]` (all zero without the CubeCL backends).
+pub fn flash_counts() -> [u64; 4] {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::flash::counts();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    [0; 4]
+}
+
+/// softmax(q·kᵀ / √d [causal])·v on a CubeCL backend by Burn's kernels under `policy`, without
+/// autodiff, on contiguous copies of q, k and v; `None` off the CubeCL backends, with the kernels
+/// switched off, or for inputs of mixed dtypes.
+pub fn flash<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    causal: bool,
+    policy: FlashPolicy,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::flash::forward(q, k, v, causal, policy);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = (q, k, v, causal, policy);
+        None
+    }
+}
+
+/// [`flash`] under the policy in force.
+fn flash_forward<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    causal: bool,
+) -> Option<Tensor<B, 4>> {
+    flash(q, k, v, causal, flash_policy())
 }
 
 /// The CubeCL kernels' forward (output, log-sum-exp), where they apply and the policy gives them
@@ -263,10 +348,13 @@ fn inner_forward<I: Backend>(
     let (qt, kt, vt) = (wrap::<I, 4>(q), wrap::<I, 4>(k), wrap::<I, 4>(v));
     match kernel_forward(&qt, &kt, &vt, options.is_causal) {
         Some((out, lse)) => (float(out), Some(float(lse))),
-        None => (
-            I::attention(float(qt), float(kt), float(vt), None, None, options),
-            None,
-        ),
+        None => match flash_forward(&qt, &kt, &vt, options.is_causal) {
+            Some(out) => (float(out), None),
+            None => (
+                I::attention(float(qt), float(kt), float(vt), None, None, options),
+                None,
+            ),
+        },
     }
 }
 

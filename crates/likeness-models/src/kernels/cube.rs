@@ -39,6 +39,7 @@ use cubecl::server::CubeCountSelection;
 
 pub mod attention;
 pub mod conv;
+pub mod flash;
 
 use super::group_norm::GroupNormOptions;
 use super::{ToDtype, float, wrap};

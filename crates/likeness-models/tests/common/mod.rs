@@ -156,3 +156,31 @@ pub fn conv_grads<A: burn::tensor::backend::AutodiffBackend>(
     }
     out
 }
+
+/// Attention in Burn's tensor ops, the causal mask bottom-right aligned (query `i` sees keys
+/// `j ≤ i + n_k − n_q`). Returns the output and the rows' log-sum-exp of the scaled scores.
+pub fn attention_reference<A: Backend>(
+    q: Tensor<A, 4>,
+    k: Tensor<A, 4>,
+    v: Tensor<A, 4>,
+    causal: bool,
+) -> (Tensor<A, 4>, Tensor<A, 3>) {
+    let [b, h, n_q, d] = q.dims();
+    let n_k = k.dims()[2];
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    if causal {
+        let device = scores.device();
+        let rows = Tensor::<A, 1, Int>::arange(0..n_q as i64, &device)
+            .reshape([n_q, 1])
+            .add_scalar(n_k as i64 - n_q as i64);
+        let cols = Tensor::<A, 1, Int>::arange(0..n_k as i64, &device).reshape([1, n_k]);
+        let mask = rows.lower(cols).reshape([1, 1, n_q, n_k]);
+        scores = scores.mask_fill(mask.expand([b, h, n_q, n_k]), f32::NEG_INFINITY);
+    }
+    let max = scores.clone().max_dim(3);
+    let lse = (scores.clone() - max.clone()).exp().sum_dim(3).log() + max;
+    (
+        burn::tensor::activation::softmax(scores, 3).matmul(v),
+        lse.reshape([b, h, n_q]),
+    )
+}

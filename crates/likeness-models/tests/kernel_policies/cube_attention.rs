@@ -8,7 +8,6 @@ use crate::common;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use common::{assert_close, tensor, values};
 use likeness_models::kernels::attention::{KernelPolicy, attention, set_kernel_policy};
@@ -63,31 +62,6 @@ fn inputs(case: ([usize; 5], bool, f32), seed: u64) -> Inputs {
     }
 }
 
-/// Attention in Burn's tensor ops, the causal mask bottom-right aligned (query `i` sees keys
-/// `j ≤ i + n_k − n_q`). Returns the output and the rows' log-sum-exp of the scaled scores.
-fn reference<A: Backend>(
-    q: Tensor<A, 4>,
-    k: Tensor<A, 4>,
-    v: Tensor<A, 4>,
-    causal: bool,
-) -> (Tensor<A, 4>, Tensor<A, 3>) {
-    let [b, h, n_q, d] = q.dims();
-    let n_k = k.dims()[2];
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
-    if causal {
-        let device = scores.device();
-        let rows = Tensor::<A, 1, Int>::arange(0..n_q as i64, &device)
-            .reshape([n_q, 1])
-            .add_scalar(n_k as i64 - n_q as i64);
-        let cols = Tensor::<A, 1, Int>::arange(0..n_k as i64, &device).reshape([1, n_k]);
-        let mask = rows.lower(cols).reshape([1, 1, n_q, n_k]);
-        scores = scores.mask_fill(mask.expand([b, h, n_q, n_k]), f32::NEG_INFINITY);
-    }
-    let max = scores.clone().max_dim(3);
-    let lse = (scores.clone() - max.clone()).exp().sum_dim(3).log() + max;
-    (softmax(scores, 3).matmul(v), lse.reshape([b, h, n_q]))
-}
-
 /// The kernels' forward on wgpu: output and log-sum-exp as the reference's on the CPU.
 #[test]
 fn the_forward_kernel_matches_attention_in_tensor_ops() {
@@ -106,7 +80,7 @@ fn the_forward_kernel_matches_attention_in_tensor_ops() {
             causal,
         )
         .expect("the kernels take these sizes");
-        let (out_ref, lse_ref) = reference(
+        let (out_ref, lse_ref) = common::attention_reference(
             tensor::<F, 4>(&x.q, qs),
             tensor::<F, 4>(&x.k, ks),
             tensor::<F, 4>(&x.v, ks),
@@ -131,7 +105,7 @@ fn grads<A: AutodiffBackend>(
     let out = if ours {
         attention(q.clone(), k.clone(), v.clone(), causal)
     } else {
-        reference(q.clone(), k.clone(), v.clone(), causal).0
+        common::attention_reference(q.clone(), k.clone(), v.clone(), causal).0
     };
     let g = (out.clone() * tensor::<A, 4>(&x.up, qs)).sum().backward();
     [
@@ -175,7 +149,7 @@ fn inference_on_wgpu_runs_the_forward_kernel() {
         tensor::<W, 4>(&x.v, ks),
         causal,
     );
-    let (want, _) = reference(
+    let (want, _) = common::attention_reference(
         tensor::<F, 4>(&x.q, qs),
         tensor::<F, 4>(&x.k, ks),
         tensor::<F, 4>(&x.v, ks),

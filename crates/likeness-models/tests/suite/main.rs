@@ -13,6 +13,7 @@ mod bad_input;
 mod clip_text_parity;
 mod clip_vision_parity;
 mod device_errors;
+mod flash;
 mod kernels;
 mod kernels_cube;
 mod lora_core;

@@ -1,0 +1,105 @@
+//! Burn's attention kernels as Likeness launches them for the attentions its own kernels leave
+//! (`kernels::attention::flash`: contiguous copies of q, k and v, a flash strategy chosen without
+//! autotune or Burn's own choice) on wgpu — in CI Mesa's CPU Vulkan driver, lavapipe, which has
+//! no tensor cores, so the unit-tile flash kernel — against attention written out in Burn's tensor
+//! ops on the CPU backend.
+#![cfg(feature = "wgpu")]
+
+use crate::common;
+
+use common::{attention_reference, numbers, rel_err, tensor, values};
+use likeness_models::kernels::attention::{FlashPolicy, flash, flash_counts};
+
+type W = burn::backend::Wgpu<f32>;
+type F = burn::backend::Flex;
+
+/// `[b, h, n_q, n_k, d]` and causal: SD 1.5's head dims 40 and 80 (160 left out: 30 s of
+/// lavapipe's shader compiler for the unit kernel), a cross-attention to 77 tokens, query and key
+/// counts that fill no tile, CLIP's causal square, a causal mask over fewer queries than keys
+/// (Burn's own choice takes it), and a head dim of 6.
+const CASES: [([usize; 5], bool); 7] = [
+    ([2, 2, 64, 64, 40], false),
+    ([1, 2, 48, 77, 80], false),
+    ([1, 1, 33, 17, 40], false),
+    ([1, 2, 77, 77, 8], true),
+    ([2, 1, 20, 20, 64], true),
+    ([1, 2, 9, 20, 16], true),
+    ([1, 1, 16, 16, 6], false),
+];
+
+/// The flash kernels stage q, k, v and the probabilities in f16 tiles (with f32 sums), as Burn
+/// launches them: max error over max value up to this against f32 (measured: 3e-4 to 6e-4).
+const F16_TILES: f32 = 2e-3;
+
+/// Runs every case under `policy` with q, k and v laid out as the models hand them over (heads
+/// split from `[b, n, h·d]` and swapped into place: not contiguous, batch and head strides out of
+/// order); returns the change in [`flash_counts`].
+fn check(policy: FlashPolicy) -> [u64; 4] {
+    let before = flash_counts();
+    for (i, ([b, h, n_q, n_k, d], causal)) in CASES.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let q = numbers(b * h * n_q * d, seed, 0.0, 1.0);
+        let k = numbers(b * h * n_k * d, seed + 1, 0.0, 1.0);
+        let v = numbers(b * h * n_k * d, seed + 2, 0.0, 1.0);
+        let as_models_pass = |x: &[f32], n: usize| {
+            tensor::<W, 4>(x, [b, h, n, d])
+                .swap_dims(1, 2)
+                .reshape([b, n, h * d])
+                .reshape([b, n, h, d])
+                .swap_dims(1, 2)
+        };
+        let got = flash(
+            &as_models_pass(&q, n_q),
+            &as_models_pass(&k, n_k),
+            &as_models_pass(&v, n_k),
+            causal,
+            policy,
+        )
+        .expect("a CubeCL backend takes it");
+        let (want, _) = attention_reference(
+            tensor::<F, 4>(&q, [b, h, n_q, d]),
+            tensor::<F, 4>(&k, [b, h, n_k, d]),
+            tensor::<F, 4>(&v, [b, h, n_k, d]),
+            causal,
+        );
+        assert_eq!(got.dims(), [b, h, n_q, d]);
+        let err = rel_err(&values(got), &values(want));
+        let what = format!("{policy:?} {:?} causal={causal}", [b, h, n_q, n_k, d]);
+        eprintln!("{what}: max error / max {err:.1e}");
+        assert!(err <= F16_TILES, "{what}: {err:.3e}");
+    }
+    let after = flash_counts();
+    [0, 1, 2, 3].map(|i| after[i] - before[i])
+}
+
+/// The three paths in turn (one test: the counts are the process's, and other tests' attentions
+/// on wgpu add to Burn's choice meanwhile, so only lower bounds hold for it).
+#[test]
+fn each_path_matches_attention_written_out() {
+    if common::skip_wgpu() {
+        return;
+    }
+    let runs = check(FlashPolicy::Unit);
+    eprintln!("Unit: runs [tensor cores, unit, refused, Burn's choice]: {runs:?}");
+    assert_eq!(runs[0], 0, "only the unit kernel was asked for");
+    assert!(runs[1] + runs[2] >= 6 && runs[1] >= 5, "{runs:?}");
+    assert!(
+        runs[3] >= 1,
+        "the off-square causal mask went to Burn's choice"
+    );
+
+    // Burn's own choice (autotuned in this build) on the same inputs, through the same copies.
+    let runs = check(FlashPolicy::Off);
+    assert_eq!(runs[..3], [0, 0, 0]);
+    assert!(runs[3] >= CASES.len() as u64);
+
+    // Lavapipe has no tensor cores, and f32 stays off them anyway (it would round to tf32):
+    // Burn's own choice takes it.
+    let runs = check(FlashPolicy::Accelerated);
+    assert_eq!(runs[..3], [0, 0, 0]);
+    assert!(runs[3] >= CASES.len() as u64);
+
+    // Backends without CubeCL take nothing.
+    let c = tensor::<F, 4>(&numbers(2 * 16 * 8, 7, 0.0, 1.0), [1, 2, 16, 8]);
+    assert!(flash(&c, &c, &c, false, FlashPolicy::Unit).is_none());
+}
