@@ -41,6 +41,25 @@ pub mod attention;
 pub mod conv;
 pub mod flash;
 
+/// Per-process counts of which path ran, `N` paths (the conv tiers, the flash paths).
+struct Tally<const N: usize>([std::sync::atomic::AtomicU64; N]);
+
+impl<const N: usize> Tally<N> {
+    const fn new() -> Self {
+        Self([const { std::sync::atomic::AtomicU64::new(0) }; N])
+    }
+
+    fn add(&self, path: usize) {
+        self.0[path].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> [u64; N] {
+        self.0
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 use super::group_norm::GroupNormOptions;
 use super::{ToDtype, float, wrap};
 

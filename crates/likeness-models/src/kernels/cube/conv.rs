@@ -46,19 +46,16 @@ pub fn set_columns_bytes(bytes: usize) {
 }
 
 /// Passes run by each tier in this process: implicit GEMM, im2col, direct.
-static TIERS: [std::sync::atomic::AtomicU64; 3] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+static TIERS: super::Tally<3> = super::Tally::new();
 
 /// How many convolution passes (forward, data or weight gradient) each tier has run in this
 /// process: `[implicit GEMM, im2col (pointwise matmuls among them), direct]`.
 pub fn tier_counts() -> [u64; 3] {
-    TIERS
-        .each_ref()
-        .map(|t| t.load(std::sync::atomic::Ordering::Relaxed))
+    TIERS.get()
 }
 
 fn count(tier: usize) {
-    TIERS[tier].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    TIERS.add(tier);
 }
 
 /// The kernels (CubeCL's prelude names `Tensor` and `Float` too, so they live apart).

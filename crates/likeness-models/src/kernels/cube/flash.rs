@@ -37,21 +37,18 @@ use super::{Apply, KernelOp, enabled};
 use crate::kernels::attention::FlashPolicy;
 use crate::kernels::{float, wrap};
 
-/// Attentions run by each path in this process: tensor-core kernel, unit-tile kernel, composed
-/// attention after the kernel refused the shape, Burn's own choice.
-static RUNS: [std::sync::atomic::AtomicU64; 4] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+/// Attentions run by each path in this process (see [`counts`]).
+static RUNS: super::Tally<4> = super::Tally::new();
 
 /// How many attentions each path has run in this process: `[tensor-core flash kernel, unit-tile
 /// flash kernel, Burn's composed attention after the kernel refused the shape, Burn's own choice
 /// (autotuned, or composed without autotune)]`.
 pub fn counts() -> [u64; 4] {
-    RUNS.each_ref()
-        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    RUNS.get()
 }
 
 fn count(path: usize) {
-    RUNS[path].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RUNS.add(path);
 }
 
 /// Planes per cube tried in turn for the tensor-core kernel: 4 first (Burn's autotune tries 2, 4
