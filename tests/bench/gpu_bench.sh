@@ -135,6 +135,9 @@ LA="env LIKENESS_ATTENTION_KERNEL=always $L"
 LB="env LIKENESS_CONV=burn $L"
 # Likeness' im2col + matmul tier without the implicit GEMM before it (session 11).
 LI="env LIKENESS_CONV=im2col $L"
+# Burn's flash kernels off for the attentions Likeness' own kernels leave: Burn's default
+# (composed, the scores written out, in a build without autotune) there instead (session 13).
+LF="env LIKENESS_FLASH=off $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
@@ -145,24 +148,28 @@ if [ "${TUNE:-1}" = 1 ]; then
   item tune-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only all --iters 0 --steps 2
   item tune-db-bf16 "${TUNE_SECS:-300}" likeness $L --precision bf16 --only db-step --iters 0
 fi
-# In order of what the issue's goal needs: the training step, the ops that explain it, the
-# generation, then the switches (our kernels off, wgpu, checkpointing, batch 4, DPO, f32/f16).
+# In order of what the issue's goal needs: the ops with their two check rows (the conv tiers'
+# and the flash path's output on this device, before anything is timed with them), the training
+# step, the generation, then the switches (conv tiers, flash path, our kernels off, wgpu,
+# checkpointing, DPO, batch 4, f32/f16).
+item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
 item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
 item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
-item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
-item ops-bf16 150 likeness $LA --precision bf16 --only ops --iters 5
-item ops-bf16 150 likeness-nocube $LC --precision bf16 --only ops --iters 5
-item infer-bf16 90 diffusers $P --precision bf16 --iters 3 --profile
+item infer-bf16 90 diffusers $P --precision bf16 --iters 3
 item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
-item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
-item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
+item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
 item db-bf16-b1 100 likeness-im2col $LI --precision bf16 --only db-step --batch 1 --iters 3
+item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 1 --profile
-item unet-f32 60 likeness $L --precision f32 --only unet --iters 3
+item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 4
+item ops-bf16 100 likeness-flashoff $LF --precision bf16 --only ops --iters 5
+item ops-bf16 150 likeness-ownattn $LA --precision bf16 --only ops --iters 5
 item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
+item infer-bf16 90 diffusers-profile $P --precision bf16 --iters 3 --profile
+item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
+item unet-f32 60 likeness $L --precision f32 --only unet --iters 3
 item db-bf16-b1-ckpt 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
 item db-bf16-b1-ckpt 100 likeness $L --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
-item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 3
 item db-bf16-b4 60 diffusers $P --precision bf16 --only db-step --batch 4 --iters 3
 item db-bf16-b4 100 likeness $L --precision bf16 --only db-step --batch 4 --iters 3
 item db-bf16-b1 120 likeness-burnops $LK --precision bf16 --only db-step --batch 1 --iters 3

@@ -135,18 +135,21 @@ impl BackendTask for BenchTask {
     ) -> likeness_models::Result<Vec<Row>> {
         let a = self.args;
         let mut label = format!("{placement} ({})", B::name(&device));
-        let mut model = StableDiffusion::<B>::random(Family::Sd1, 0, &device)?;
-        if let Some(dtype) = self.mixed.half_dtype() {
-            use likeness_models::nn::cast_params;
-            label = format!("{label}, mixed {:?}", self.mixed);
-            model.unet = cast_params(model.unet, dtype);
-            model.text_encoder = cast_params(model.text_encoder, dtype);
-            model.vae = cast_params(model.vae, dtype);
+        // Training steps: mixed precision asked for apart (`self.mixed`); the rest: the
+        // placement's precision, which runs on the f32 backend with the weights cast likewise.
+        let precision = match self.mixed {
+            Precision::F32 => placement.precision,
+            mixed => mixed,
+        };
+        let model = StableDiffusion::<B>::random(Family::Sd1, 0, &device)?;
+        let model = model.with_precision(precision);
+        if precision != Precision::F32 {
+            label = format!("{label}, weights {precision:?}");
         }
         let lat = a.size / 8;
         let mut rows = Vec::new();
         if a.only == "ops" {
-            rows.extend(ops::<B>(&a, &label, &device)?);
+            rows.extend(ops::<B>(&a, &label, &device, precision)?);
             finish_rows(&mut rows, placement);
             return Ok(rows);
         }
@@ -283,6 +286,7 @@ fn ops<B: Backend>(
     a: &BenchArgs,
     label: &str,
     device: &B::Device,
+    precision: Precision,
 ) -> likeness_models::Result<Vec<Row>> {
     use burn::backend::Autodiff;
     type AB<B> = Autodiff<B>;
@@ -306,8 +310,15 @@ fn ops<B: Backend>(
     };
     // GroupNorm(32, 320) + SiLU, as every ResNet block at the first level does.
     let vb = VarBuilder::<AB<B>>::new(std::sync::Arc::new(WeightStore::random(0)), device);
-    let norm = GroupNorm::<AB<B>>::load(&vb, 32, 320, 1e-5)?;
-    let x = Tensor::<AB<B>, 4>::random([2, 320, lat, lat], normal, device);
+    // Every input and weight in the asked precision (Likeness runs half precision on an f32
+    // backend with the weights cast: `device::dispatch`).
+    let dtype = precision.half_dtype().unwrap_or(burn::tensor::DType::F32);
+    use likeness_models::nn::{cast_params, in_dtype};
+    let norm = cast_params(GroupNorm::<AB<B>>::load(&vb, 32, 320, 1e-5)?, dtype);
+    let x = in_dtype(
+        Tensor::<AB<B>, 4>::random([2, 320, lat, lat], normal, device),
+        dtype,
+    );
     bench(
         &format!("op: GroupNorm(32, 320) + SiLU fwd [2, 320, {lat}, {lat}]"),
         &mut || {
@@ -342,8 +353,11 @@ fn ops<B: Backend>(
     // LayerNorm(320) over the first level's tokens, as each transformer block runs three
     // (Likeness' op: a one-group GroupNorm over `[tokens, 320, 1]`, the row kernels on a GPU).
     let seq = lat * lat;
-    let ln = LayerNorm::<AB<B>>::load(&vb, 320, 1e-5)?;
-    let tokens = Tensor::<AB<B>, 3>::random([2, seq, 320], normal, device);
+    let ln = cast_params(LayerNorm::<AB<B>>::load(&vb, 320, 1e-5)?, dtype);
+    let tokens = in_dtype(
+        Tensor::<AB<B>, 3>::random([2, seq, 320], normal, device),
+        dtype,
+    );
     bench(
         &format!("op: LayerNorm(320) fwd [2, {seq}, 320]"),
         &mut || {
@@ -376,7 +390,10 @@ fn ops<B: Backend>(
         },
     );
     // Self-attention at the first level: 8 heads of 40 over 64·64 tokens.
-    let q = Tensor::<AB<B>, 4>::random([2, 8, seq, 40], normal, device);
+    let q = in_dtype(
+        Tensor::<AB<B>, 4>::random([2, 8, seq, 40], normal, device),
+        dtype,
+    );
     let (k, v) = (q.clone() * 0.5, q.clone() * 0.25);
     // Likeness' attention (its CubeCL flash kernels both ways on CUDA/wgpu; on the CPU the
     // backend's forward and a blocked backward) and, for comparison, Burn's attention as Autodiff
@@ -420,7 +437,12 @@ fn ops<B: Backend>(
         (seq / 16, seq / 16, 160),
         (seq, 77, 40),
     ] {
-        let input = |n: usize| Tensor::<AB<B>, 4>::random([2, 8, n, d], normal, device);
+        let input = |n: usize| {
+            in_dtype(
+                Tensor::<AB<B>, 4>::random([2, 8, n, d], normal, device),
+                dtype,
+            )
+        };
         let (q, k, v) = (input(n_q), input(n_k), input(n_k));
         bench(
             &format!("op: attention fwd [2, 8, {n_q}×{n_k}, {d}]"),
@@ -450,7 +472,8 @@ fn ops<B: Backend>(
         ]
         .into_iter()
         .map(|(n_q, n_k, d)| {
-            let input = |n: usize| Tensor::<B, 4>::random([2, 8, n, d], normal, device);
+            let input =
+                |n: usize| in_dtype(Tensor::<B, 4>::random([2, 8, n, d], normal, device), dtype);
             let (q, k, v) = (input(n_q), input(n_k), input(n_k));
             let err = flash(&q, &k, &v, false, policy).map(|got| {
                 let f32_of = |t: Tensor<B, 4>| t.cast(burn::tensor::DType::F32);
@@ -478,9 +501,15 @@ fn ops<B: Backend>(
     // Convolutions 320 → 320 at the first level as the models run them (Likeness' op:
     // `kernels::conv`, whose kernels follow `LIKENESS_CONV`): the resnets' 3×3, and a pointwise
     // one (SD 1's transformer projections: a batched matmul on the GEMM tiers).
-    let w = Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02;
+    let w = in_dtype(
+        Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02,
+        dtype,
+    );
     let opts = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let w1 = Tensor::<AB<B>, 4>::random([320, 320, 1, 1], normal, device) * 0.05;
+    let w1 = in_dtype(
+        Tensor::<AB<B>, 4>::random([320, 320, 1, 1], normal, device) * 0.05,
+        dtype,
+    );
     let opts1 = burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
     // Before timing them: the op's output and input gradient against Burn's own `conv2d` on this
     // device, 3×3 and 1×1 (the kernels' parity tests run on the CPU's Vulkan, which has no tensor
@@ -538,8 +567,14 @@ fn ops<B: Backend>(
         );
     }
     // The feed-forward's first projection: 320 → 2560 (GEGLU) over 2·4096 tokens.
-    let tokens = Tensor::<AB<B>, 2>::random([2 * seq, 320], normal, device);
-    let lw = Tensor::<AB<B>, 2>::random([320, 2560], normal, device) * 0.05;
+    let tokens = in_dtype(
+        Tensor::<AB<B>, 2>::random([2 * seq, 320], normal, device),
+        dtype,
+    );
+    let lw = in_dtype(
+        Tensor::<AB<B>, 2>::random([320, 2560], normal, device) * 0.05,
+        dtype,
+    );
     bench(
         &format!("op: matmul [{}, 320] × [320, 2560] fwd", 2 * seq),
         &mut || {

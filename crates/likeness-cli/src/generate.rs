@@ -218,6 +218,7 @@ fn run_on<B: Backend>(
     };
     let mut model = StableDiffusion::<B>::load(&args.model, &opts, device)?;
     apply_loras(&args.lora, &mut model)?;
+    let model = model.with_precision(placement.precision);
     let native = model.native_size();
     let params = GenerateParams {
         prompt: args.prompt.clone(),

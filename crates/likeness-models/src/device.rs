@@ -249,44 +249,34 @@ fn run_on<T: BackendTask>(
     placement: Placement,
     task: T,
 ) -> Result<T::Output> {
+    // Every precision runs on the f32 backend, half precision as mixed precision: the task casts
+    // the weights (`StableDiffusion::with_precision`, the trainers' `mixed_precision`). Burn 0.21
+    // keeps a device's default float dtype per device, not per backend type, fixed by the first
+    // tensor created on it — the availability probe's, f32 — so a `Cuda<bf16>` backend created
+    // its weights and inputs in f32 and computed in f32 (measured on an H100, session 14: the
+    // "bf16" UNet forward took 107.6 ms, the f32 one 106.8 ms, and Burn's half-precision flash
+    // kernels were never chosen).
     match device {
         #[cfg(all(feature = "cuda", feature = "fusion"))]
         DeviceChoice::Cuda if !fusion_wanted() => {
-            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+            type Unfused = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
             tracing::info!("operation fusion off (LIKENESS_FUSION=0)");
-            match precision {
-                Precision::F32 => task.run::<Unfused<f32>>(Default::default(), placement),
-                Precision::F16 => task.run::<Unfused<half::f16>>(Default::default(), placement),
-                Precision::Bf16 => task.run::<Unfused<half::bf16>>(Default::default(), placement),
-            }
+            run_mixed::<Unfused, T>(placement, task)
         }
         #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda => {
-            use burn::backend::Cuda;
-            match precision {
-                Precision::F32 => task.run::<Cuda<f32>>(Default::default(), placement),
-                Precision::F16 => task.run::<Cuda<half::f16>>(Default::default(), placement),
-                Precision::Bf16 => task.run::<Cuda<half::bf16>>(Default::default(), placement),
-            }
-        }
+        DeviceChoice::Cuda => run_mixed::<burn::backend::Cuda<f32>, T>(placement, task),
         #[cfg(feature = "wgpu")]
         DeviceChoice::Wgpu => {
-            use burn::backend::Wgpu;
-            match precision {
-                Precision::F32 => task.run::<Wgpu<f32>>(Default::default(), placement),
-                Precision::F16 | Precision::Bf16 => {
-                    if precision == Precision::Bf16 {
-                        tracing::warn!("wgpu has no bf16; using f16");
-                    }
-                    task.run::<Wgpu<half::f16>>(
-                        Default::default(),
-                        Placement {
-                            device,
-                            precision: Precision::F16,
-                        },
-                    )
+            let placement = if precision == Precision::Bf16 {
+                tracing::warn!("wgpu has no bf16; using f16");
+                Placement {
+                    device,
+                    precision: Precision::F16,
                 }
-            }
+            } else {
+                placement
+            };
+            run_mixed::<burn::backend::Wgpu<f32>, T>(placement, task)
         }
         _ => {
             if precision != Precision::F32 {
@@ -301,6 +291,28 @@ fn run_on<T: BackendTask>(
             )
         }
     }
+}
+
+/// Runs `task` on f32 backend `B` at `placement`'s precision, or at f32 (with a warning) where
+/// the device cannot store that half dtype.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn run_mixed<B: Backend, T: BackendTask>(placement: Placement, task: T) -> Result<T::Output> {
+    let device = B::Device::default();
+    let placement = match placement.precision.half_dtype() {
+        Some(dtype) if !B::supports_dtype(&device, dtype) => {
+            tracing::warn!(
+                "this {:?} device has no {:?}; running in f32",
+                placement.device,
+                placement.precision
+            );
+            Placement {
+                precision: Precision::F32,
+                ..placement
+            }
+        }
+        _ => placement,
+    };
+    task.run::<B>(device, placement)
 }
 
 /// Where GPU kernels and their tuning are kept: `$LIKENESS_KERNEL_CACHE`, else the user's cache

@@ -299,6 +299,21 @@ impl<B: Backend> StableDiffusion<B> {
     pub fn native_size(&self) -> usize {
         self.unet.sample_size() * self.vae.downscale_factor()
     }
+
+    /// The model with its weights in `precision` (all three networks; a no-op for f32). Half
+    /// precision runs as mixed precision on an f32 backend (see [`crate::device::dispatch`]):
+    /// each layer computes in its weights' dtype and the networks answer in f32, so the pipeline
+    /// around them (latents, schedulers, guidance) stays in f32. Merge LoRA files before this,
+    /// so their deltas are added in f32.
+    pub fn with_precision(mut self, precision: crate::device::Precision) -> Self {
+        if let Some(dtype) = precision.half_dtype() {
+            use crate::nn::cast_params;
+            self.unet = cast_params(self.unet, dtype);
+            self.text_encoder = cast_params(self.text_encoder, dtype);
+            self.vae = cast_params(self.vae, dtype);
+        }
+        self
+    }
 }
 
 /// What a model is, read from its configs or tensor headers without loading any weights.

@@ -391,12 +391,12 @@ impl BackendTask for GalleryTask<'_> {
         placement: Placement,
     ) -> likeness_models::Result<Self::Output> {
         tracing::info!("gallery on {placement}");
-        Ok(self.make::<B>(&device))
+        Ok(self.make::<B>(&device, placement.precision))
     }
 }
 
 impl GalleryTask<'_> {
-    fn make<B: Backend>(self, device: &B::Device) -> Result<bool> {
+    fn make<B: Backend>(self, device: &B::Device, precision: Precision) -> Result<bool> {
         let GalleryTask {
             model: model_path,
             plans,
@@ -411,7 +411,8 @@ impl GalleryTask<'_> {
             cancel,
         } = self;
         progress("loading the model", first_image);
-        let mut model = StableDiffusion::<B>::load(&model_path, &LoadOptions::default(), device)?;
+        let mut model = StableDiffusion::<B>::load(&model_path, &LoadOptions::default(), device)?
+            .with_precision(precision);
         let scorer = match &clip {
             Some(dir) => {
                 Some(Scorer::<B>::new(dir, None, &concept, &token, device).map_err(score_err)?)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use burn::prelude::*;
-use likeness_models::device::{BackendTask, Placement};
+use likeness_models::device::{BackendTask, Placement, Precision};
 use likeness_models::lora::LoraSet;
 use likeness_models::lora_files::{merge_lora, read_lora_file};
 use likeness_models::pipeline::GenerateParams;
@@ -165,6 +165,7 @@ impl BackendTask for EvalTask<'_> {
         Ok(evaluate::<B>(
             &self.config,
             &device,
+            placement.precision,
             self.events,
             &self.cancel,
         ))
@@ -311,10 +312,12 @@ fn score_err(e: crate::scoring::ScoreError) -> TrainError {
     TrainError::Invalid(e.to_string())
 }
 
-/// Generates, scores and summarises every variant; `Ok(None)` when cancelled.
+/// Generates, scores and summarises every variant with the models' weights in `precision`;
+/// `Ok(None)` when cancelled.
 pub fn evaluate<B: Backend>(
     config: &EvalConfig,
     device: &B::Device,
+    precision: Precision,
     events: &mut dyn FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<Option<EvalReport>> {
@@ -350,7 +353,8 @@ pub fn evaluate<B: Backend>(
         v_prediction: config.v_prediction,
         ..Default::default()
     };
-    let mut model = StableDiffusion::<B>::load(&config.model, &opts, device)?;
+    let mut model =
+        StableDiffusion::<B>::load(&config.model, &opts, device)?.with_precision(precision);
     // Module clones share tensors: each variant starts from these without copying weights.
     let (base_unet, base_text_encoder) = (model.unet.clone(), model.text_encoder.clone());
     let resolution = config.resolution.unwrap_or_else(|| model.native_size());
@@ -391,6 +395,8 @@ pub fn evaluate<B: Backend>(
                 merge(&mut model, set, &v.name)?;
             }
         }
+        // A full fine-tune's weights load in f32: into `precision` like the base.
+        model = model.with_precision(precision);
         let dir = config.out.join(&v.name);
         if !generate_set(&model, &items, &dir, None, &params, events, cancel)? {
             return Ok(None);

@@ -14,6 +14,7 @@ mod clip_text_parity;
 mod clip_vision_parity;
 mod device_errors;
 mod flash;
+mod half_precision;
 mod kernels;
 mod kernels_cube;
 mod lora_core;

@@ -396,6 +396,7 @@ fn eval_writes_the_table_and_both_plots() {
     let report = evaluate::<B>(
         &e,
         &Default::default(),
+        likeness_models::device::Precision::F32,
         &mut |_| {},
         &AtomicBool::new(false),
     )

@@ -1,0 +1,74 @@
+//! Half precision on a GPU: `dispatch` at f16 runs the task on the f32 backend with the
+//! placement's precision f16, and a model put in it with `with_precision` computes in f16 and
+//! answers in f32 — close to the f32 pipeline's pictures and not equal to them. Burn 0.21 fixes a
+//! device's default float dtype at the first tensor created on it (the availability probe's,
+//! f32), so the `Wgpu<f16>` / `Cuda<bf16>` backends half precision used to run on created their
+//! weights in f32 and computed in f32 (docs/perf.md, session 14).
+
+use crate::common;
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use common::{fixture, rel_err, values};
+use likeness_models::device::{BackendTask, DeviceChoice, Placement, Precision, dispatch};
+use likeness_models::pipeline::{GenerateParams, SeededNoise};
+use likeness_models::sd::{LoadOptions, StableDiffusion};
+
+/// Relative error (max error over max value) f16 weights and activations leave on the tiny
+/// pipeline's pictures: three sampler steps of a random UNet, then the VAE, amplify f16's
+/// rounding (≈5e-4 a step). Measured: 2.0e-2 on lavapipe, 1.1e-2 with f16 weights on the CPU
+/// (bf16 there: 6.9e-2), f32 on lavapipe against the CPU 2.9e-6.
+const F16_TOLERANCE: f32 = 5e-2;
+
+/// Three DDIM steps of the tiny SD 1 pipeline, decoded: the placement, the UNet's weight dtype,
+/// the picture's dtype and values.
+struct Generate;
+
+impl BackendTask for Generate {
+    type Output = (Placement, DType, DType, Vec<f32>);
+
+    fn run<A: Backend>(
+        self,
+        device: A::Device,
+        placement: Placement,
+    ) -> likeness_models::Result<Self::Output> {
+        let dir = fixture("pipeline_sd1_eps");
+        let model = StableDiffusion::<A>::load(&dir, &LoadOptions::default(), &device)?
+            .with_precision(placement.precision);
+        let weights = model.unet.conv_in.weight.val().dtype();
+        let size = model.native_size();
+        let p = GenerateParams {
+            prompt: "a photo of a dog".into(),
+            steps: 3,
+            width: size,
+            height: size,
+            ..Default::default()
+        };
+        let latents = model.sample(&p, None, &mut SeededNoise::new(0, 1), &mut |_, _| {})?;
+        let picture = model.decode(latents);
+        Ok((placement, weights, picture.dtype(), values(picture)))
+    }
+}
+
+#[test]
+fn f16_on_wgpu_computes_in_f16_and_answers_in_f32() {
+    if common::skip_wgpu() {
+        return;
+    }
+    let (_, weights, _, full) = dispatch(DeviceChoice::Cpu, Precision::F32, Generate).unwrap();
+    assert_eq!(weights, DType::F32);
+    let (placement, weights, answer, half) =
+        dispatch(DeviceChoice::Wgpu, Precision::F16, Generate).unwrap();
+    assert_eq!(placement.precision, Precision::F16, "lavapipe stores f16");
+    assert_eq!(weights, DType::F16, "the weights are in f16");
+    assert_eq!(answer, DType::F32, "the pictures come back in f32");
+    let err = rel_err(&half, &full);
+    println!("tiny pipeline, f16 on wgpu vs f32 on the CPU: rel err {err:.3e}");
+    // Not equal (f16 did run) and within f16's rounding.
+    assert!(err > 1e-6 && err <= F16_TOLERANCE, "rel err {err}");
+
+    // wgpu has no bf16: asked for, it runs in f16.
+    let (placement, weights, _, _) =
+        dispatch(DeviceChoice::Wgpu, Precision::Bf16, Generate).unwrap();
+    assert_eq!((placement.precision, weights), (Precision::F16, DType::F16));
+}
