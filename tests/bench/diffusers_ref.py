@@ -5,6 +5,7 @@ weights, printed as the same table so the two can be set side by side.
     python tests/bench/diffusers_ref.py --device cpu --only db-step --size 256 [--gradient-checkpointing]
     python tests/bench/diffusers_ref.py --only ops          # single layers, as `likeness bench --only ops`
     python tests/bench/diffusers_ref.py --only unet --profile   # layer-by-layer UNet forward
+    python tests/bench/diffusers_ref.py --only db-step --profile  # + one step by phase and op
 
 Needs torch, diffusers==0.35.2, transformers==4.57.1 (tests/fixtures/requirements.txt), and
 peft==0.17.1 for db-step. No hub
@@ -314,28 +315,115 @@ def db_step(a, unet, dtype, label):
     latents = torch.randn(a.batch, 4, lat, lat, device=dev, dtype=dtype)
     ids = tok(["a photo of sks dog"] * a.batch, padding="max_length", max_length=77,
               truncation=True, return_tensors="pt").input_ids.to(dev)
-    times = []
-    for i in range(a.iters + 1):
-        sync(dev)
-        t0 = time.perf_counter()
+    def step(mark=lambda phase: None):
         with torch.no_grad():
             ctx = te(ids)[0]
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (a.batch,), device=dev).long()
         noisy = sched.add_noise(latents, noise, t)
+        mark("text encoder, noise")
         pred = unet(noisy, t, ctx).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float(), reduction="mean")
+        mark("UNet forward + loss")
         loss.backward()
+        mark("backward")
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
+        mark("clipping + AdamW")
+
+    times = []
+    for i in range(a.iters + 1):
+        sync(dev)
+        t0 = time.perf_counter()
+        step()
         sync(dev)
         ms = (time.perf_counter() - t0) * 1e3
         print(f"db step {i}: {ms:.1f} ms", flush=True)
         times.append(ms)
     ck = ", grad ckpt" if a.gradient_checkpointing else ""
     name = f"DreamBooth LoRA step (r4, text enc + UNet fwd/bwd + AdamW{ck}), batch {a.batch}, {a.size}px"
-    print_rows(a, [(name, times)], label)
+    rows = [(name, times)]
+    if a.profile:
+        try:
+            rows += profile_step(step, dev)
+        except Exception as e:  # the timed rows above stand without it
+            print(f"step profile failed: {type(e).__name__}: {e}", flush=True)
+            rows.append((f"step profile: failed ({type(e).__name__})", [0.0, 0.0]))
+    print_rows(a, rows, label)
+
+
+def profile_step(step, dev):
+    """One more training step under torch.profiler, as `likeness bench --only db-step --profile`
+    reports it: wall time per phase (device synchronised at each mark), then the device time of
+    each kind of op — forward by aten op (conv split 3x3 / 1x1 by the weight's shape; linear
+    includes PEFT's LoRA linears), backward by autograd function (the linears' matmuls as
+    Addmm/Mm backward) — and what no kind covers."""
+    from torch.profiler import ProfilerActivity, profile
+
+    phases = []
+    last = [time.perf_counter()]
+
+    def mark(phase):
+        sync(dev)
+        now = time.perf_counter()
+        phases.append((phase, (now - last[0]) * 1e3))
+        last[0] = now
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.startswith("cuda") else [])
+    sync(dev)
+    t0 = time.perf_counter()
+    with profile(activities=acts, record_shapes=True) as prof:
+        last[0] = time.perf_counter()
+        step(mark)
+    total = (time.perf_counter() - t0) * 1e3
+    fwd_kinds = {"aten::scaled_dot_product_attention": "attention",
+                 "aten::group_norm": "group_norm", "aten::layer_norm": "layer_norm",
+                 "aten::linear": "linear"}
+    bwd_kinds = [("ConvolutionBackward", "conv bwd"), ("ScaledDotProduct", "attention bwd"),
+                 ("NativeGroupNormBackward", "group_norm bwd"),
+                 ("NativeLayerNormBackward", "layer_norm bwd"), ("AddmmBackward", "linear bwd"),
+                 ("MmBackward", "linear bwd"), ("BmmBackward", "linear bwd")]
+    table = {}
+
+    def add(kind, us, n):
+        calls, ms = table.get(kind, (0, 0.0))
+        table[kind] = (calls + n, ms + us / 1e3)
+
+    def device_us(evt):
+        for attr in ("device_time_total", "cuda_time_total", "cpu_time_total"):
+            if hasattr(evt, attr):
+                return getattr(evt, attr)
+        return 0.0
+
+    bwd_all = 0.0
+    for evt in prof.key_averages(group_by_input_shape=True):
+        key, n = evt.key, evt.count
+        if key == "aten::convolution":
+            shapes = evt.input_shapes or []
+            w = shapes[1] if len(shapes) > 1 else []
+            kind = "fwd conv1x1" if len(w) == 4 and w[-1] == 1 else "fwd conv3x3"
+        elif key in fwd_kinds:
+            kind = "fwd " + fwd_kinds[key]
+        elif key.startswith("autograd::engine::evaluate_function: "):
+            bwd_all += device_us(evt)
+            fn = key.split(": ", 1)[1]
+            kind = next((k for prefix, k in bwd_kinds if fn.startswith(prefix)), None)
+        else:
+            kind = None
+        if kind:
+            add(kind, device_us(evt), n)
+    phase_ms = dict(phases)
+    rows = [(f"step profile: {p}", [ms, ms]) for p, ms in phases]
+    fwd_sum = sum(ms for k, (_, ms) in table.items() if k.startswith("fwd "))
+    bwd_sum = sum(ms for k, (_, ms) in table.items() if k.endswith(" bwd"))
+    rows += [(f"step profile: {k} ({c} calls, device time)", [ms, ms])
+             for k, (c, ms) in sorted(table.items())]
+    fwd_other = phase_ms.get("UNet forward + loss", 0.0) - fwd_sum
+    rows.append(("step profile: fwd other (wall - device time of the kinds)", [fwd_other] * 2))
+    rows.append(("step profile: bwd other (device time)", [bwd_all / 1e3 - bwd_sum] * 2))
+    rows.append(("step profile: total (synchronised, profiled)", [total, total]))
+    return rows
 
 
 def print_rows(a, rows, label):

@@ -158,6 +158,10 @@ item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iter
 item infer-bf16 90 diffusers $P --precision bf16 --iters 3
 item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
 item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
+# The step's gap op by op: one more step by phase, forward by layer kind, backward by op (Likeness:
+# its own autodiff ops synchronised; diffusers: torch.profiler's device time per autograd function).
+item db-bf16-b1-profile 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 2 --profile
+item db-bf16-b1-profile 120 likeness $L --precision bf16 --only db-step --batch 1 --iters 2 --profile
 item db-bf16-b1 100 likeness-im2col $LI --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 1 --profile

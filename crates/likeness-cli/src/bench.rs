@@ -41,7 +41,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// After the timed UNet forwards, time one more layer by layer (device synchronised around
-    /// every layer) and add a row per kind of layer.
+    /// every layer) and add a row per kind of layer; with db-step, one more training step by
+    /// phase, by kind of layer in its forward and by Likeness' autodiff op in its backward.
     #[arg(long)]
     pub profile: bool,
     /// Also write the results as JSON here.
@@ -158,7 +159,7 @@ impl BackendTask for BenchTask {
         } else if a.only == "db-step" {
             use burn::backend::Autodiff;
             use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-            rows.push(if a.gradient_checkpointing {
+            rows.extend(if a.gradient_checkpointing {
                 db_step::<B, Autodiff<B, BalancedCheckpointing>>(
                     &model, &a, &label, &device, placement,
                 )?
@@ -649,7 +650,7 @@ fn db_step<B, AB>(
     label: &str,
     device: &B::Device,
     placement: Placement,
-) -> likeness_models::Result<Row>
+) -> likeness_models::Result<Vec<Row>>
 where
     B: Backend,
     AB: burn::tensor::backend::AutodiffBackend<InnerBackend = B>,
@@ -682,7 +683,13 @@ where
         Tensor::<AB, 4>::from_data(TensorData::new(randn(&mut rng, numel), dims), &ad_device);
     let mut optim = AdamW::<B>::new(AdamWConfig::default());
     let mut times = Vec::new();
-    for i in 0..=a.iters {
+    let mut rows = Vec::new();
+    // With `--profile`, one more step after the timed ones, its phases and Likeness' layers
+    // (forward) and autodiff ops (backward) timed with the device synchronised around each.
+    let profiled_step = a.profile.then_some(a.iters + 1);
+    for i in 0..=profiled_step.unwrap_or(a.iters) {
+        let profiled = profiled_step == Some(i);
+        let mut phases = Phases::<B>::new(device, profiled);
         let began = Instant::now();
         let ctx = model.encode_text("a photo of sks dog", 0)?.repeat_dim(0, n);
         let ctx = Tensor::<AB, 3>::from_inner(ctx);
@@ -697,14 +704,27 @@ where
             TensorData::new(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), [n]),
             &ad_device,
         );
+        phases.mark("text encoder, noise");
+        if profiled {
+            likeness_models::profile::take();
+            likeness_models::profile::set_enabled(true);
+        }
         let loss = (unet.forward(noisy, t, ctx) - target).powi_scalar(2).mean();
+        phases.mark("UNet forward + loss");
         let mut grads = FlatGrads::from_loss(loss, &unet);
+        phases.mark("backward");
+        likeness_models::profile::set_enabled(false);
         grads.clip_global_norm(1.0);
         unet = optim.step(1e-4, unet, grads);
         // Reading a weight back waits for the step's work to finish.
         let _ = unet.conv_in.weight.val().inner().into_data();
         let _ = B::sync(device);
+        phases.mark("clipping + AdamW");
         let ms = began.elapsed().as_secs_f64() * 1e3;
+        if profiled {
+            rows.extend(phases.rows(label, ms));
+            continue;
+        }
         times.push(ms);
         eprintln!(
             "db step {i}: {ms:.1} ms{}{}",
@@ -712,19 +732,92 @@ where
             pool_note(placement)
         );
     }
-    Ok(row(
-        &format!(
-            "DreamBooth LoRA step (r4, text enc + UNet fwd/bwd + AdamW{}), batch {n}, {}px",
-            if a.gradient_checkpointing {
-                ", grad ckpt"
-            } else {
-                ""
-            },
-            a.size
+    rows.insert(
+        0,
+        row(
+            &format!(
+                "DreamBooth LoRA step (r4, text enc + UNet fwd/bwd + AdamW{}), batch {n}, {}px",
+                if a.gradient_checkpointing {
+                    ", grad ckpt"
+                } else {
+                    ""
+                },
+                a.size
+            ),
+            label,
+            &times,
         ),
-        label,
-        &times,
-    ))
+    );
+    Ok(rows)
+}
+
+/// The phases of one profiled training step: wall time between marks with the device
+/// synchronised at each (nothing, and no waiting, when not profiling).
+struct Phases<'a, B: Backend> {
+    device: &'a B::Device,
+    on: bool,
+    last: Instant,
+    times: Vec<(&'static str, f64)>,
+}
+
+impl<'a, B: Backend> Phases<'a, B> {
+    fn new(device: &'a B::Device, on: bool) -> Self {
+        Self {
+            device,
+            on,
+            last: Instant::now(),
+            times: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        if self.on {
+            let _ = B::sync(self.device);
+            let now = Instant::now();
+            self.times
+                .push((phase, (now - self.last).as_secs_f64() * 1e3));
+            self.last = now;
+        }
+    }
+
+    /// A row per phase, per kind of layer in the forward and of op in the backward (from
+    /// `likeness_models::profile`), the forward's and the backward's remainder ("other": what no
+    /// instrumented layer or op covers — in the backward the linears' matmuls, LoRA, elementwise
+    /// ops), and the step.
+    fn rows(&self, label: &str, total: f64) -> Vec<Row> {
+        let ops = likeness_models::profile::take();
+        let phase = |name: &str| {
+            self.times
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map_or(0.0, |(_, ms)| *ms)
+        };
+        let mut rows: Vec<Row> = self
+            .times
+            .iter()
+            .map(|(p, ms)| row(&format!("step profile: {p}"), label, &[*ms]))
+            .collect();
+        for (backward, phase_name) in [(false, "UNet forward + loss"), (true, "backward")] {
+            let mine: Vec<_> = ops
+                .iter()
+                .filter(|(name, _)| name.ends_with(" bwd") == backward)
+                .collect();
+            for (name, o) in &mine {
+                let kind = if backward { "" } else { "fwd " };
+                rows.push(row(
+                    &format!("step profile: {kind}{name} ({} calls)", o.calls),
+                    label,
+                    &[o.ms],
+                ));
+            }
+            let covered: f64 = mine.iter().map(|(_, o)| o.ms).sum();
+            let other = (phase(phase_name) - covered).max(0.0);
+            let name = if backward { "bwd other" } else { "fwd other" };
+            rows.push(row(&format!("step profile: {name}"), label, &[other]));
+        }
+        rows.push(row("step profile: total (synchronised)", label, &[total]));
+        rows
+    }
 }
 
 /// One DPO step at the bench size: four UNet passes (model on winner and loser with autodiff,

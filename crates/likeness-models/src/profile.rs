@@ -1,7 +1,8 @@
-//! Per-layer timing of a forward pass, for finding where GPU time goes. Off unless switched
-//! on (`likeness bench --profile`); then every instrumented layer waits for the device before
-//! and after itself, which serialises the queue, so profiled runs are slower than real ones
-//! and only their proportions are meaningful.
+//! Per-layer timing of a forward pass, and of the backward of Likeness' own autodiff ops
+//! (convolution, attention, GroupNorm/LayerNorm: kinds named `… bwd`), for finding where GPU
+//! time goes. Off unless switched on (`likeness bench --profile`); then every instrumented layer
+//! waits for the device before and after itself, which serialises the queue, so profiled runs
+//! are slower than real ones and only their proportions are meaningful.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -284,12 +284,15 @@ impl<I: Backend> Backward<I, 3> for FusedAttention {
         let k = wrap::<I, 4>(cp.retrieve_node_output(k_state));
         let v = wrap::<I, 4>(cp.retrieve_node_output(v_state));
         let (out, grad) = (wrap::<I, 4>(out), wrap::<I, 4>(grad));
-        let kernels =
-            lse.and_then(|lse| kernel_backward([&q, &k, &v], &out, &wrap(lse), &grad, causal));
-        let [dq, dk, dv] = match kernels {
-            Some(grads) => grads,
-            None => backward(q, k, v, out, grad, causal, BACKWARD_BLOCK_ELEMENTS),
-        };
+        let device = q.device();
+        let [dq, dk, dv] = crate::profile::span::<I, _>(&device, "attention bwd", || {
+            let kernels =
+                lse.and_then(|lse| kernel_backward([&q, &k, &v], &out, &wrap(lse), &grad, causal));
+            match kernels {
+                Some(grads) => grads,
+                None => backward(q, k, v, out, grad, causal, BACKWARD_BLOCK_ELEMENTS),
+            }
+        });
         if let Some(node) = node_q {
             grads.register::<I>(node.id, float(dq));
         }

@@ -243,42 +243,50 @@ impl<I: Backend> Backward<I, 2> for Conv {
         let (x_state, w_state, x_shape, w_shape, [x_dtype, w_dtype], options) = ops.state;
         let x: Option<FloatTensor<I>> = x_state.map(|s| cp.retrieve_node_output(s));
         let w: Option<FloatTensor<I>> = w_state.map(|s| cp.retrieve_node_output(s));
-        if let (Some(node), Some(x)) = (node_w, x.clone()) {
-            let dw = kernel::<I>(
-                Pass::Weight,
-                x.clone(),
-                dy.clone(),
-                w_shape,
-                &options,
-                w_dtype,
-            )
-            .unwrap_or_else(|| {
-                // Burn's backward op reads the weight only for its shape and dtype.
-                let w = w.clone().unwrap_or_else(|| {
-                    I::float_zeros(Shape::new(w_shape), &I::float_device(&x), w_dtype.into())
+        let name = if w_shape[3] == 1 {
+            "conv1x1 bwd"
+        } else {
+            "conv3x3 bwd"
+        };
+        let device = I::float_device(&dy);
+        crate::profile::span::<I, _>(&device, name, || {
+            if let (Some(node), Some(x)) = (node_w, x.clone()) {
+                let dw = kernel::<I>(
+                    Pass::Weight,
+                    x.clone(),
+                    dy.clone(),
+                    w_shape,
+                    &options,
+                    w_dtype,
+                )
+                .unwrap_or_else(|| {
+                    // Burn's backward op reads the weight only for its shape and dtype.
+                    let w = w.clone().unwrap_or_else(|| {
+                        I::float_zeros(Shape::new(w_shape), &I::float_device(&x), w_dtype.into())
+                    });
+                    I::conv2d_weight_backward(x, w, dy.clone(), options.clone())
                 });
-                I::conv2d_weight_backward(x, w, dy.clone(), options.clone())
-            });
-            grads.register::<I>(node.id, dw);
-        }
-        if let (Some(node), Some(w)) = (node_x, w) {
-            let dx = kernel::<I>(
-                Pass::Data,
-                dy.clone(),
-                w.clone(),
-                x_shape,
-                &options,
-                x_dtype,
-            )
-            .unwrap_or_else(|| {
-                // Burn's backward op reads the input only for its shape and dtype.
-                let x = x.unwrap_or_else(|| {
-                    I::float_zeros(Shape::new(x_shape), &I::float_device(&w), x_dtype.into())
+                grads.register::<I>(node.id, dw);
+            }
+            if let (Some(node), Some(w)) = (node_x, w) {
+                let dx = kernel::<I>(
+                    Pass::Data,
+                    dy.clone(),
+                    w.clone(),
+                    x_shape,
+                    &options,
+                    x_dtype,
+                )
+                .unwrap_or_else(|| {
+                    // Burn's backward op reads the input only for its shape and dtype.
+                    let x = x.unwrap_or_else(|| {
+                        I::float_zeros(Shape::new(x_shape), &I::float_device(&w), x_dtype.into())
+                    });
+                    I::conv2d_x_backward(x, w, dy, options.clone())
                 });
-                I::conv2d_x_backward(x, w, dy, options.clone())
-            });
-            grads.register::<I>(node.id, dx);
-        }
+                grads.register::<I>(node.id, dx);
+            }
+        });
     }
 }
 

@@ -236,7 +236,16 @@ impl<I: Backend> Backward<I, 3> for FusedGroupNorm {
         let x = wrap::<I, 3>(cp.retrieve_node_output(x_state));
         let weight = wrap::<I, 1>(cp.retrieve_node_output(w_state));
         let bias = wrap::<I, 1>(cp.retrieve_node_output(b_state));
-        let (dx, dw, db) = backward(x, weight, bias, wrap(mean), wrap(rstd), wrap(grad), options);
+        // LayerNorm runs as this op with one group (`nn::LayerNorm`).
+        let name = if options.groups == 1 {
+            "layer_norm bwd"
+        } else {
+            "group_norm bwd"
+        };
+        let device = x.device();
+        let (dx, dw, db) = crate::profile::span::<I, _>(&device, name, || {
+            backward(x, weight, bias, wrap(mean), wrap(rstd), wrap(grad), options)
+        });
         if let Some(node) = node_x {
             grads.register::<I>(node.id, float(dx));
         }

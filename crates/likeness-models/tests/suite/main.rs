@@ -22,6 +22,7 @@ mod lora_interop;
 mod mixed_precision;
 mod pipeline_parity;
 mod preprocess_parity;
+mod profile;
 mod scheduler_parity;
 mod tokenizer_parity;
 mod unet_parity;
