@@ -707,6 +707,7 @@ where
         phases.mark("text encoder, noise");
         if profiled {
             likeness_models::profile::take();
+            likeness_models::profile::watch_memory(pool_probe(placement));
             likeness_models::profile::set_enabled(true);
         }
         let loss = (unet.forward(noisy, t, ctx) - target).powi_scalar(2).mean();
@@ -816,7 +817,27 @@ impl<'a, B: Backend> Phases<'a, B> {
             rows.push(row(&format!("step profile: {name}"), label, &[other]));
         }
         rows.push(row("step profile: total (synchronised)", label, &[total]));
+        if let Some((bytes, after)) = likeness_models::profile::memory_peak() {
+            // Megabytes in the time columns: the live tensors' high point between layers.
+            let mib = bytes as f64 / (1024.0 * 1024.0);
+            rows.push(row(
+                &format!("step profile: GPU pool's peak in use, MiB (after a {after})"),
+                label,
+                &[mib],
+            ));
+        }
+        likeness_models::profile::watch_memory(None);
         rows
+    }
+}
+
+/// Bytes the GPU pool's live tensors hold on `placement`'s device (`None` on the CPU).
+fn pool_probe(placement: Placement) -> Option<fn() -> Option<u64>> {
+    use likeness_models::device::pool_usage;
+    match placement.device {
+        DeviceChoice::Cuda => Some(|| pool_usage(DeviceChoice::Cuda).map(|(in_use, _)| in_use)),
+        DeviceChoice::Wgpu => Some(|| pool_usage(DeviceChoice::Wgpu).map(|(in_use, _)| in_use)),
+        _ => None,
     }
 }
 

@@ -13,6 +13,26 @@ use burn::prelude::Backend;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TABLE: Mutex<BTreeMap<&'static str, OpTime>> = Mutex::new(BTreeMap::new());
+static MEMORY: Mutex<Option<MemoryWatch>> = Mutex::new(None);
+
+/// The highest reading of a memory probe after any timed layer, and which layer it followed.
+struct MemoryWatch {
+    probe: fn() -> Option<u64>,
+    peak: Option<(u64, &'static str)>,
+}
+
+/// While timing is on, reads `probe` (bytes in use, e.g. the GPU pool's live tensors) after
+/// every timed layer and keeps the highest reading; `None` stops watching.
+pub fn watch_memory(probe: Option<fn() -> Option<u64>>) {
+    if let Ok(mut watch) = MEMORY.lock() {
+        *watch = probe.map(|probe| MemoryWatch { probe, peak: None });
+    }
+}
+
+/// The highest reading since [`watch_memory`], in bytes, and the layer after which it was read.
+pub fn memory_peak() -> Option<(u64, &'static str)> {
+    MEMORY.lock().ok()?.as_ref()?.peak
+}
 
 /// Accumulated time of one kind of layer.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -43,6 +63,13 @@ pub fn span<B: Backend, T>(device: &B::Device, name: &'static str, f: impl FnOnc
     let out = f();
     let _ = B::sync(device);
     let ms = start.elapsed().as_secs_f64() * 1e3;
+    if let Ok(mut watch) = MEMORY.lock()
+        && let Some(w) = watch.as_mut()
+        && let Some(bytes) = (w.probe)()
+        && w.peak.is_none_or(|(peak, _)| bytes > peak)
+    {
+        w.peak = Some((bytes, name));
+    }
     if let Ok(mut table) = TABLE.lock() {
         let entry = table.entry(name).or_default();
         entry.calls += 1;

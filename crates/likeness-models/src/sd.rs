@@ -311,6 +311,9 @@ impl<B: Backend> StableDiffusion<B> {
             self.unet = cast_params(self.unet, dtype);
             self.text_encoder = cast_params(self.text_encoder, dtype);
             self.vae = cast_params(self.vae, dtype);
+            // The f32 weights' pages go back to the driver: a GPU memory pool keeps what it
+            // took, and these are twice what the model now holds.
+            B::memory_cleanup(&self.unet.conv_in.weight.device());
         }
         self
     }

@@ -33,7 +33,6 @@ use burn::tensor::backend::AutodiffBackend;
 use likeness_models::device::{BackendTask, Placement, Precision};
 use likeness_models::lora::{self, Linears, LoraSet, LoraShape, LoraTargets};
 use likeness_models::lora_files::{ExportInfo, LoraFormat, read_lora_file, write_lora_file};
-use likeness_models::nn::cast_params;
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::png_meta::{a1111_parameters, save_png, write_atomic};
 use likeness_models::rng::randn;
@@ -543,11 +542,7 @@ fn load_base<B: Backend>(
         )));
     }
     // Mixed precision: every base weight is frozen here (DPO trains adapters only).
-    if let Some(dtype) = config.mixed_precision.half_dtype() {
-        model.unet = cast_params(model.unet, dtype);
-        model.text_encoder = cast_params(model.text_encoder, dtype);
-        model.vae = cast_params(model.vae, dtype);
-    }
+    let model = model.with_precision(config.mixed_precision);
     Ok((model, source))
 }
 

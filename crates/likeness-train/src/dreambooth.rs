@@ -436,6 +436,9 @@ fn frozen_in_half<B: Backend>(
     if text {
         model.text_encoder = cast_params(model.text_encoder, dtype);
     }
+    // The f32 weights' pages back to the driver (a GPU pool keeps what it took: at 128 px on
+    // lavapipe the step's pool held 4 896 MiB without this, 2 624 MiB with it).
+    B::memory_cleanup(&model.unet.conv_in.weight.device());
     model
 }
 
