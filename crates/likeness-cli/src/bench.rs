@@ -142,8 +142,7 @@ impl BackendTask for BenchTask {
             Precision::F32 => placement.precision,
             mixed => mixed,
         };
-        let model = StableDiffusion::<B>::random(Family::Sd1, 0, &device)?;
-        let model = model.with_precision(precision);
+        let model = StableDiffusion::<B>::random(Family::Sd1, 0, precision, &device)?;
         if precision != Precision::F32 {
             label = format!("{label}, weights {precision:?}");
         }

@@ -212,8 +212,14 @@ fn run_on<B: Backend>(
     device: &B::Device,
     placement: Placement,
 ) -> anyhow::Result<()> {
+    // Straight into the half type unless LoRA files are merged first (in f32, then cast).
     let opts = LoadOptions {
         v_prediction: args.v_prediction,
+        precision: if args.lora.is_empty() {
+            placement.precision
+        } else {
+            Precision::F32
+        },
         ..Default::default()
     };
     let mut model = StableDiffusion::<B>::load(&args.model, &opts, device)?;

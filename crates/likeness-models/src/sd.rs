@@ -25,6 +25,10 @@ pub struct LoadOptions {
     pub config_dir: Option<PathBuf>,
     /// For single files: a tokenizer folder (vocab.json + merges.txt).
     pub tokenizer_dir: Option<PathBuf>,
+    /// The weights' type: bf16/f16 are converted on the host as they load, so the device never
+    /// holds the f32 weights (the result equals loading in f32 and
+    /// [`StableDiffusion::with_precision`]).
+    pub precision: crate::device::Precision,
 }
 
 /// What was loaded, for the UI and the PNG metadata.
@@ -128,6 +132,8 @@ impl<B: Backend> StableDiffusion<B> {
             });
         }
         let _: Value = read_json(&index)?;
+        let vb =
+            |store| VarBuilder::<B>::new(store, device).with_dtype(opts.precision.half_dtype());
         let tok_dir = part_dir(root, "tokenizer")?;
         let tokenizer = ClipTokenizer::from_dir(&tok_dir)?;
 
@@ -135,8 +141,7 @@ impl<B: Backend> StableDiffusion<B> {
         let te_cfg_path = te_dir.join("config.json");
         let te_cfg: ClipTextConfig = read_json(&te_cfg_path)?;
         let te_store = Arc::new(WeightStore::open(&[part_weights(&te_dir, "model")?])?);
-        let text_encoder =
-            ClipTextModel::load(&VarBuilder::new(te_store.clone(), device), &te_cfg)?;
+        let text_encoder = ClipTextModel::load(&vb(te_store.clone()), &te_cfg)?;
 
         let unet_dir = part_dir(root, "unet")?;
         let unet_cfg_path = unet_dir.join("config.json");
@@ -146,8 +151,7 @@ impl<B: Backend> StableDiffusion<B> {
             &unet_dir,
             "diffusion_pytorch_model",
         )?])?);
-        let unet =
-            UNet2DConditionModel::load(&VarBuilder::new(unet_store.clone(), device), &unet_cfg)?;
+        let unet = UNet2DConditionModel::load(&vb(unet_store.clone()), &unet_cfg)?;
 
         let vae_dir = part_dir(root, "vae")?;
         let vae_cfg_path = vae_dir.join("config.json");
@@ -157,7 +161,7 @@ impl<B: Backend> StableDiffusion<B> {
             &vae_dir,
             "diffusion_pytorch_model",
         )?])?);
-        let vae = AutoencoderKL::load(&VarBuilder::new(vae_store.clone(), device), &vae_cfg)?;
+        let vae = AutoencoderKL::load(&vb(vae_store.clone()), &vae_cfg)?;
 
         let sched_path = part_dir(root, "scheduler")?.join("scheduler_config.json");
         let mut scheduler_config = SchedulerConfig::from_file(&sched_path)?;
@@ -233,7 +237,8 @@ impl<B: Backend> StableDiffusion<B> {
             scheduler_config.prediction_type = Some("v_prediction".into());
         }
         let store = Arc::new(sf.store);
-        let vb = VarBuilder::<B>::new(store.clone(), device);
+        let vb =
+            VarBuilder::<B>::new(store.clone(), device).with_dtype(opts.precision.half_dtype());
         let text_encoder = ClipTextModel::load(&vb.pp("text_encoder"), &te_cfg)?;
         let unet = UNet2DConditionModel::load(&vb.pp("unet"), &unet_cfg)?;
         let vae = AutoencoderKL::load(&vb.pp("vae"), &vae_cfg)?;
@@ -265,8 +270,14 @@ pub fn model_name(path: &Path) -> String {
 }
 
 impl<B: Backend> StableDiffusion<B> {
-    /// A model of the public SD 1.5 / 2.1 shape with seeded random weights (benchmarks, tests).
-    pub fn random(family: Family, seed: u64, device: &B::Device) -> Result<Self> {
+    /// A model of the public SD 1.5 / 2.1 shape with seeded random weights (benchmarks, tests),
+    /// in `precision` (converted on the host, as [`LoadOptions::precision`]).
+    pub fn random(
+        family: Family,
+        seed: u64,
+        precision: crate::device::Precision,
+        device: &B::Device,
+    ) -> Result<Self> {
         let path = PathBuf::from(format!("<random {family}>"));
         let te_cfg: ClipTextConfig = parse(&path, crate::presets::text_encoder_json(family))?;
         let unet_cfg = match family {
@@ -277,7 +288,7 @@ impl<B: Backend> StableDiffusion<B> {
         let scheduler_config =
             SchedulerConfig::from_value(crate::presets::scheduler_json(family), &path)?;
         let store = Arc::new(WeightStore::random(seed));
-        let vb = VarBuilder::<B>::new(store, device);
+        let vb = VarBuilder::<B>::new(store, device).with_dtype(precision.half_dtype());
         Ok(Self {
             tokenizer: crate::presets::bundled_tokenizer(family)?,
             text_encoder: ClipTextModel::load(&vb.pp("text_encoder"), &te_cfg)?,

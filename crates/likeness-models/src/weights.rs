@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::DType;
 use memmap2::Mmap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use safetensors::{Dtype, SafeTensors};
@@ -354,6 +355,8 @@ pub struct VarBuilder<B: Backend> {
     store: Arc<WeightStore>,
     prefix: String,
     device: B::Device,
+    /// The dtype weights are converted to on the host before they reach the device (`None`: f32).
+    dtype: Option<DType>,
 }
 
 impl<B: Backend> VarBuilder<B> {
@@ -362,7 +365,15 @@ impl<B: Backend> VarBuilder<B> {
             store,
             prefix: String::new(),
             device: device.clone(),
+            dtype: None,
         }
+    }
+
+    /// Weights converted to `dtype` on the host (`None`: kept f32), so a half-precision model
+    /// never holds its f32 weights on the device, even while it loads.
+    pub fn with_dtype(mut self, dtype: Option<DType>) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// A builder for the sub-path `name` (a field name or a list index).
@@ -376,6 +387,7 @@ impl<B: Backend> VarBuilder<B> {
             store: self.store.clone(),
             prefix,
             device: self.device.clone(),
+            dtype: self.dtype,
         }
     }
 
@@ -423,9 +435,22 @@ impl<B: Backend> VarBuilder<B> {
     ) -> Result<Tensor<B, D>> {
         let key = self.path(name);
         let values = self.store.load_f32(&key, &shape, init)?;
-        Ok(Tensor::from_data(
-            TensorData::new(values, shape),
-            &self.device,
-        ))
+        // Half types converted here, on the host, rounding to nearest even (as PyTorch's cast);
+        // the dtype named, or the device's default (f32) would convert the data back.
+        let half = |data: TensorData, dtype| Tensor::from_data(data, (&self.device, dtype));
+        Ok(match self.dtype {
+            Some(DType::BF16) => half(
+                TensorData::new(
+                    values.into_iter().map(half::bf16::from_f32).collect(),
+                    shape,
+                ),
+                DType::BF16,
+            ),
+            Some(DType::F16) => half(
+                TensorData::new(values.into_iter().map(half::f16::from_f32).collect(), shape),
+                DType::F16,
+            ),
+            _ => Tensor::from_data(TensorData::new(values, shape), &self.device),
+        })
     }
 }

@@ -411,8 +411,11 @@ impl GalleryTask<'_> {
             cancel,
         } = self;
         progress("loading the model", first_image);
-        let mut model = StableDiffusion::<B>::load(&model_path, &LoadOptions::default(), device)?
-            .with_precision(precision);
+        let opts = LoadOptions {
+            precision,
+            ..Default::default()
+        };
+        let mut model = StableDiffusion::<B>::load(&model_path, &opts, device)?;
         let scorer = match &clip {
             Some(dir) => {
                 Some(Scorer::<B>::new(dir, None, &concept, &token, device).map_err(score_err)?)

@@ -349,8 +349,15 @@ fn run_job<B: Backend>(
     events(TrainEvent::Status {
         message: format!("loading {}", config.model.display()),
     });
+    // LoRA training freezes every base weight: under mixed precision they load straight into
+    // the half type (a full fine-tune loads f32 and casts what it does not train).
+    let precision = match config.mode {
+        TrainMode::Lora { .. } => config.mixed_precision,
+        TrainMode::Full { .. } => Precision::F32,
+    };
     let opts = LoadOptions {
         v_prediction: config.v_prediction,
+        precision,
         ..Default::default()
     };
     let model = StableDiffusion::<B>::load(&config.model, &opts, device)?;

@@ -351,10 +351,10 @@ pub fn evaluate<B: Backend>(
     });
     let opts = LoadOptions {
         v_prediction: config.v_prediction,
+        precision,
         ..Default::default()
     };
-    let mut model =
-        StableDiffusion::<B>::load(&config.model, &opts, device)?.with_precision(precision);
+    let mut model = StableDiffusion::<B>::load(&config.model, &opts, device)?;
     // Module clones share tensors: each variant starts from these without copying weights.
     let (base_unet, base_text_encoder) = (model.unet.clone(), model.text_encoder.clone());
     let resolution = config.resolution.unwrap_or_else(|| model.native_size());

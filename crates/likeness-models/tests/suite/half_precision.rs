@@ -7,9 +7,10 @@
 
 use crate::common;
 
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
-use common::{fixture, rel_err, values};
+use common::{B, fixture, rel_err, values};
 use likeness_models::device::{BackendTask, DeviceChoice, Placement, Precision, dispatch};
 use likeness_models::pipeline::{GenerateParams, SeededNoise};
 use likeness_models::sd::{LoadOptions, StableDiffusion};
@@ -71,4 +72,45 @@ fn f16_on_wgpu_computes_in_f16_and_answers_in_f32() {
     let (placement, weights, _, _) =
         dispatch(DeviceChoice::Wgpu, Precision::Bf16, Generate).unwrap();
     assert_eq!((placement.precision, weights), (Precision::F16, DType::F16));
+}
+
+#[test]
+fn loading_in_half_rounds_the_f32_weights_to_nearest_even() {
+    let dir = fixture("pipeline_sd1_eps");
+    let device = Default::default();
+    let load = |precision| {
+        let opts = LoadOptions {
+            precision,
+            ..Default::default()
+        };
+        StableDiffusion::<B>::load(&dir, &opts, &device).unwrap()
+    };
+    // Every float parameter of the three networks: its dtype and its values.
+    struct Weights(Vec<(DType, Vec<f32>)>);
+    impl ModuleVisitor<B> for Weights {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = param.val();
+            self.0.push((t.dtype(), values(t)));
+        }
+    }
+    let weights = |m: &StableDiffusion<B>| {
+        let mut w = Weights(Vec::new());
+        m.text_encoder.visit(&mut w);
+        m.unet.visit(&mut w);
+        m.vae.visit(&mut w);
+        w.0
+    };
+    let half = weights(&load(Precision::Bf16));
+    let full = weights(&load(Precision::F32));
+    assert_eq!(half.len(), full.len());
+    // bf16 by rounding to nearest, ties to even, as PyTorch's `.to(torch.bfloat16)` (Flex's
+    // own cast truncates: 0x3f248001 becomes 0.640625 there, 0.64453125 here).
+    for ((dtype, h), (_, f)) in half.iter().zip(&full) {
+        assert_eq!(*dtype, DType::BF16);
+        let want: Vec<f32> = f
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert!(h == &want, "bf16 weights rounded to nearest even");
+    }
 }
