@@ -357,8 +357,9 @@ def profile_step(step, dev):
     """One more training step under torch.profiler, as `likeness bench --only db-step --profile`
     reports it: wall time per phase (device synchronised at each mark), then the device time of
     each kind of op — forward by aten op (conv split 3x3 / 1x1 by the weight's shape; linear
-    includes PEFT's LoRA linears), backward by autograd function (the linears' matmuls as
-    Addmm/Mm backward) — and what no kind covers."""
+    includes PEFT's LoRA linears, and the forward kinds the text encoder's layers too, a few ms
+    at 77 tokens), backward by autograd function (the linears' matmuls as Addmm/Mm backward) —
+    and what no kind covers."""
     from torch.profiler import ProfilerActivity, profile
 
     phases = []
