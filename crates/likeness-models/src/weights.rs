@@ -437,16 +437,16 @@ impl<B: Backend> VarBuilder<B> {
         let values = self.store.load_f32(&key, &shape, init)?;
         // Half types converted here, on the host, rounding to nearest even (as PyTorch's cast);
         // the dtype named, or the device's default (f32) would convert the data back.
-        let half = |data: TensorData, dtype| Tensor::from_data(data, (&self.device, dtype));
+        let upload = |data: TensorData, dtype| Tensor::from_data(data, (&self.device, dtype));
         Ok(match self.dtype {
-            Some(DType::BF16) => half(
+            Some(DType::BF16) => upload(
                 TensorData::new(
                     values.into_iter().map(half::bf16::from_f32).collect(),
                     shape,
                 ),
                 DType::BF16,
             ),
-            Some(DType::F16) => half(
+            Some(DType::F16) => upload(
                 TensorData::new(values.into_iter().map(half::f16::from_f32).collect(), shape),
                 DType::F16,
             ),
