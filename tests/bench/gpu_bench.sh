@@ -158,6 +158,31 @@ item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iter
 item infer-bf16 90 diffusers $P --precision bf16 --iters 3
 item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
 item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
+# Burn's matmul algorithms one after another on the feed-forward's matmul (session 15); the
+# fastest forward + backward that ran without falling back and within 2e-2 of Burn's default
+# then runs a training step (`LIKENESS_MATMUL`: every linear layer's matmuls, both ways).
+item matmuls-bf16 120 likeness $L --precision bf16 --only matmuls --iters 3
+best=$(python3 - "$logs/matmuls-bf16-likeness.json" <<'EOF2'
+import json, re, sys
+try:
+    rows = json.load(open(sys.argv[1]))
+except Exception:
+    sys.exit(0)
+err = {}
+for r in rows:
+    m = re.match(r"check: matmul (\S+) ", r["name"])
+    if m:
+        err[m.group(1)] = r["mean_ms"] / 1e3
+timed = [(r["mean_ms"], r["name"].split()[1]) for r in rows
+         if r["name"].endswith("fwd+bwd") and r["name"].startswith("matmul ")]
+ok = sorted(t for t in timed if err.get(t[1], 1.0) <= 2e-2 and t[1] != "burn")
+print(ok[0][1] if ok else "")
+EOF2
+)
+echo "fastest matmul algorithm here: ${best:-none}"
+if [ -n "$best" ]; then
+  item db-bf16-b1 100 "likeness-mm-$best" env LIKENESS_MATMUL="$best" $L --precision bf16 --only db-step --batch 1 --iters 5
+fi
 # The step's gap op by op: one more step by phase, forward by layer kind, backward by op (Likeness:
 # its own autodiff ops synchronised; diffusers: torch.profiler's device time per autograd function).
 item db-bf16-b1-profile 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 2 --profile
@@ -169,6 +194,10 @@ item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 4
 item ops-bf16 100 likeness-flashoff $LF --precision bf16 --only ops --iters 5
 item ops-bf16 150 likeness-ownattn $LA --precision bf16 --only ops --iters 5
 item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
+# wgpu in half precision (f16: Vulkan's cooperative matrices take f16, not bf16), against the
+# CUDA bf16 rows above; and the matmul algorithms there.
+item unet-wgpu-f16 120 likeness "$bin" bench --device wgpu --precision f16 --only unet --iters 3 --profile
+item matmuls-wgpu-f16 120 likeness "$bin" bench --device wgpu --precision f16 --only matmuls --iters 3
 item infer-bf16 90 diffusers-profile $P --precision bf16 --iters 3 --profile
 item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
 item unet-f32 60 likeness $L --precision f32 --only unet --iters 3

@@ -28,7 +28,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
     /// Which parts: unet, generate, all (those two), ops (single layers at SD1.5's largest
-    /// shapes, forward and forward + backward), dpo-step (one DreamBooth-DPO
+    /// shapes, forward and forward + backward), matmuls (the feed-forward's matmul, forward and
+    /// forward + backward, under each of Burn's matmul algorithms that `LIKENESS_MATMUL` names,
+    /// with its largest error against Burn's default), dpo-step (one DreamBooth-DPO
     /// optimizer step on one pair: model and reference UNet on winner and loser, backward,
     /// AdamW on rank-4 attention LoRA) or db-step (one DreamBooth LoRA step: text encoding,
     /// noise, UNet forward, MSE, backward, AdamW on rank-4 attention LoRA).
@@ -65,8 +67,12 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if !["unet", "generate", "all", "ops", "dpo-step", "db-step"].contains(&args.only.as_str()) {
-        anyhow::bail!("--only must be unet, generate, all, ops, dpo-step or db-step");
+    if ![
+        "unet", "generate", "all", "ops", "matmuls", "dpo-step", "db-step",
+    ]
+    .contains(&args.only.as_str())
+    {
+        anyhow::bail!("--only must be unet, generate, all, ops, matmuls, dpo-step or db-step");
     }
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
@@ -142,17 +148,24 @@ impl BackendTask for BenchTask {
             Precision::F32 => placement.precision,
             mixed => mixed,
         };
-        let model = StableDiffusion::<B>::random(Family::Sd1, 0, precision, &device)?;
         if precision != Precision::F32 {
             label = format!("{label}, weights {precision:?}");
         }
-        let lat = a.size / 8;
-        let mut rows = Vec::new();
-        if a.only == "ops" {
-            rows.extend(ops::<B>(&a, &label, &device, precision)?);
+        if a.only == "matmuls" {
+            // No model: the matmuls alone.
+            let mut rows = matmuls::<B>(&a, &label, &device, precision);
             finish_rows(&mut rows, placement);
             return Ok(rows);
         }
+        if a.only == "ops" {
+            // No model either: single layers.
+            let mut rows = ops::<B>(&a, &label, &device, precision)?;
+            finish_rows(&mut rows, placement);
+            return Ok(rows);
+        }
+        let model = StableDiffusion::<B>::random(Family::Sd1, 0, precision, &device)?;
+        let lat = a.size / 8;
+        let mut rows = Vec::new();
         if a.only == "dpo-step" {
             rows.push(dpo_step::<B>(&model, &a, &label, &device, placement)?);
         } else if a.only == "db-step" {
@@ -566,7 +579,9 @@ fn ops<B: Backend>(
             },
         );
     }
-    // The feed-forward's first projection: 320 → 2560 (GEGLU) over 2·4096 tokens.
+    // The feed-forward's first projection: 320 → 2560 (GEGLU) over 2·4096 tokens, by the
+    // algorithm `LIKENESS_MATMUL` names (Burn's default without it).
+    let mm = likeness_models::kernels::matmul::matmul::<AB<B>, 2>;
     let tokens = in_dtype(
         Tensor::<AB<B>, 2>::random([2 * seq, 320], normal, device),
         dtype,
@@ -578,20 +593,113 @@ fn ops<B: Backend>(
     bench(
         &format!("op: matmul [{}, 320] × [320, 2560] fwd", 2 * seq),
         &mut || {
-            let _ = tokens.clone().matmul(lw.clone()).sum().into_data();
+            let _ = mm(tokens.clone(), lw.clone()).sum().into_data();
         },
     );
     let lwg = lw.clone().require_grad();
     bench(
         &format!("op: matmul [{}, 320] × [320, 2560] fwd+bwd", 2 * seq),
         &mut || {
-            let g = tokens.clone().matmul(lwg.clone()).sum().backward();
+            let g = mm(tokens.clone(), lwg.clone()).sum().backward();
             let _ = lwg.grad(&g).map(|t| t.sum().into_data());
         },
     );
     rows.push(check);
     rows.push(flash_check);
     Ok(rows)
+}
+
+/// The feed-forward's first projection (`[2·tokens, 320] × [320, 2560]`, in the asked dtype),
+/// forward and forward + backward (both operands' gradients: the input's and a trained weight's)
+/// under every matmul algorithm `LIKENESS_MATMUL` names, one after another in this process. Each
+/// row says how many of its matmuls fell back to Burn's default (the algorithm refused the
+/// device, dtype or shape) and the forward's largest error against Burn's default; a check row
+/// per algorithm holds that error (in ms columns: error × 1000).
+fn matmuls<B: Backend>(
+    a: &BenchArgs,
+    label: &str,
+    device: &B::Device,
+    precision: Precision,
+) -> Vec<Row> {
+    use burn::backend::Autodiff;
+    use likeness_models::kernels::matmul::{
+        MatmulChoice, matmul, matmul_counts, set_matmul_choice,
+    };
+    use likeness_models::nn::in_dtype;
+    type AB<B> = Autodiff<B>;
+
+    let lat = a.size / 8;
+    let rows_n = 2 * lat * lat;
+    let dtype = precision.half_dtype().unwrap_or(burn::tensor::DType::F32);
+    let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+    let x = in_dtype(
+        Tensor::<AB<B>, 2>::random([rows_n, 320], normal, device),
+        dtype,
+    );
+    let w = in_dtype(
+        Tensor::<AB<B>, 2>::random([320, 2560], normal, device) * 0.05,
+        dtype,
+    );
+    set_matmul_choice(MatmulChoice::Burn);
+    let want = x.clone().matmul(w.clone()).cast(burn::tensor::DType::F32);
+    let scale = want
+        .clone()
+        .abs()
+        .max()
+        .into_scalar()
+        .elem::<f64>()
+        .max(1e-30);
+    let mut out = Vec::new();
+    for choice in MatmulChoice::ALL {
+        set_matmul_choice(choice);
+        let [_, fell_before] = matmul_counts();
+        let got = matmul(x.clone(), w.clone()).cast(burn::tensor::DType::F32);
+        let err = (got - want.clone()).abs().max().into_scalar().elem::<f64>() / scale;
+        let xg = x.clone().require_grad();
+        let wg = w.clone().require_grad();
+        let mut fwd = Vec::new();
+        let mut both = Vec::new();
+        for _ in 0..=a.iters.max(2) {
+            fwd.push(time::<B>(device, || {
+                let _ = matmul(x.clone(), w.clone()).sum().into_data();
+            }));
+            both.push(time::<B>(device, || {
+                let g = matmul(xg.clone(), wg.clone()).sum().backward();
+                let _ = wg.grad(&g).map(|t| t.sum().into_data());
+                let _ = xg.grad(&g).map(|t| t.sum().into_data());
+            }));
+        }
+        let fell = matmul_counts()[1] - fell_before;
+        let note = if fell > 0 {
+            format!(" (fell back ×{fell})")
+        } else {
+            String::new()
+        };
+        let name = choice.name();
+        let shape = format!("[{rows_n}, 320] × [320, 2560]");
+        eprintln!(
+            "matmul {name}: fwd {:.2} ms, fwd+bwd {:.2} ms, error {err:.1e}{note}",
+            fwd[1..].iter().sum::<f64>() / (fwd.len() - 1) as f64,
+            both[1..].iter().sum::<f64>() / (both.len() - 1) as f64,
+        );
+        out.push(row(
+            &format!("matmul {name} {shape} fwd{note}"),
+            label,
+            &fwd,
+        ));
+        out.push(row(
+            &format!("matmul {name} {shape} fwd+bwd{note}"),
+            label,
+            &both,
+        ));
+        out.push(row(
+            &format!("check: matmul {name} max error / max vs burn (×1000 in ms columns)"),
+            label,
+            &[err * 1e3],
+        ));
+    }
+    set_matmul_choice(MatmulChoice::Burn);
+    out
 }
 
 /// max |a − b| / max |b|, on the device (only the two maxima are read back).

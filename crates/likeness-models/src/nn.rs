@@ -75,7 +75,7 @@ impl<B: Backend> Linear<B> {
         let weight = self.weight.val();
         let base_input = in_dtype(x.clone(), weight.dtype());
         let base = profile::span::<B, _>(&device, "linear", || {
-            linear(
+            crate::kernels::matmul::linear(
                 base_input,
                 weight.transpose(),
                 self.bias.as_ref().map(|b| b.val()),

@@ -40,6 +40,7 @@ use cubecl::server::CubeCountSelection;
 pub mod attention;
 pub mod conv;
 pub mod flash;
+pub mod matmul;
 
 /// Per-process counts of which path ran, `N` paths (the conv tiers, the flash paths).
 struct Tally<const N: usize>([std::sync::atomic::AtomicU64; N]);
@@ -962,6 +963,33 @@ impl<I: Backend, const NI: usize, const NO: usize, Op: KernelOp<NI, NO>> Apply<I
         let _ = (&self.outputs, self.name);
         on_runtime::<I, _>(self)
     }
+}
+
+/// `lhs · rhs` by the algorithm of `choice` ([`matmul`]), in `lhs`'s dtype; `None` when backend
+/// `I` is not a CubeCL backend, the kernels are off, or the tensors do not multiply (shapes,
+/// dtypes).
+pub(super) fn matmul_apply<I: Backend>(
+    lhs: FloatTensor<I>,
+    rhs: FloatTensor<I>,
+    choice: super::matmul::MatmulChoice,
+) -> Option<FloatTensor<I>> {
+    use burn::tensor::TensorMetadata;
+    if !enabled() || !applies::<I>() || choice == super::matmul::MatmulChoice::Burn {
+        return None;
+    }
+    let dtype = lhs.dtype();
+    if rhs.dtype() != dtype {
+        return None;
+    }
+    let shape = matmul::output_shape_of(lhs.shape().as_slice(), rhs.shape().as_slice())?;
+    let [out] = Apply::<I, 2, 1, _> {
+        name: "likeness_matmul",
+        inputs: [lhs, rhs],
+        outputs: [(Shape::from(shape), dtype)],
+        op: matmul::MatmulOp(choice),
+    }
+    .apply()?;
+    Some(out)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -19,6 +19,7 @@ pub mod conv;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
 pub mod group_norm;
+pub mod matmul;
 
 /// Whether these ops are on: yes unless `LIKENESS_KERNELS` is `0`, `off` or `false` (for
 /// side-by-side measurements against Burn's own ops in one binary).
@@ -64,6 +65,14 @@ impl Setting {
     fn set(&self, v: u8) {
         self.0.store(v, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Whether Likeness' CubeCL kernels run on backend `I` (a CubeCL backend, kernels on).
+fn cube_applies<I: Backend>() -> bool {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return cube::enabled() && cube::applies::<I>();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    false
 }
 
 /// `t` as a tensor of backend `A`, if `B` is `A`.

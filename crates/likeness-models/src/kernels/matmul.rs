@@ -1,0 +1,318 @@
+//! Matmul with a choice of Burn's matmul algorithms, forward and backward: the linear layers'
+//! (and the im2col convolution tier's) matmuls.
+//!
+//! A build without Burn's `autotune` feature runs one algorithm for every matmul (the simple
+//! cyclic tensor-core one at default tiles); the single-op benchmark on an H100 put the
+//! feed-forward's `[8192, 320] × [320, 2560]` at 1.6 ms forward in f32 against PyTorch's 0.2 in
+//! bf16 (`docs/perf.md`, session 14). Under [`MatmulChoice::Burn`] (the default) nothing
+//! changes; any other choice runs that algorithm for the forward and both gradients
+//! (`likeness bench --only matmuls` times them all in one process), as one autodiff op that keeps
+//! what Burn's keeps (the left operand only where the right one takes a gradient and vice versa),
+//! and marks its backward as `linear bwd` in the step profile. Elsewhere than on the CubeCL
+//! backends, and for shapes it does not take (broadcast batch dimensions, mixed dtypes), Burn's
+//! matmul runs.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+
+use super::{downcast, float, for_each_autodiff_backend, wrap};
+
+/// Which of Burn's matmul algorithms runs (names as `LIKENESS_MATMUL` takes them: [`Self::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MatmulChoice {
+    /// Burn's matmul as Burn calls it (`burn`; the default).
+    Burn,
+    /// Burn's default algorithm through Likeness' op (`auto`): what the op itself costs.
+    Auto,
+    SimpleCyclic,
+    SimpleCyclicMultiRow,
+    SimpleCyclicMma,
+    DoubleCyclic,
+    DoubleCyclicSpecialized,
+    DoubleCyclicMma,
+    OrderedDouble4,
+    OrderedDouble8,
+    OrderedDouble8Mma,
+    SpecializedCyclic,
+    SpecializedCyclicMma,
+    SimpleTma,
+    SimpleTmaMultiRow,
+    SpecializedTma,
+    SimpleUnitMax,
+    SimpleUnitMin,
+    DoubleUnitMax,
+    DoubleUnitMin,
+}
+
+impl MatmulChoice {
+    /// Every choice, in the order of [`Self::name`]'s list.
+    pub const ALL: [MatmulChoice; 20] = [
+        Self::Burn,
+        Self::Auto,
+        Self::SimpleCyclic,
+        Self::SimpleCyclicMultiRow,
+        Self::SimpleCyclicMma,
+        Self::DoubleCyclic,
+        Self::DoubleCyclicSpecialized,
+        Self::DoubleCyclicMma,
+        Self::OrderedDouble4,
+        Self::OrderedDouble8,
+        Self::OrderedDouble8Mma,
+        Self::SpecializedCyclic,
+        Self::SpecializedCyclicMma,
+        Self::SimpleTma,
+        Self::SimpleTmaMultiRow,
+        Self::SpecializedTma,
+        Self::SimpleUnitMax,
+        Self::SimpleUnitMin,
+        Self::DoubleUnitMax,
+        Self::DoubleUnitMin,
+    ];
+
+    /// The name `LIKENESS_MATMUL` and the benchmark use. "cmma" algorithms use the tensor cores
+    /// through CubeCL's `cmma` (CUDA, and Vulkan where the driver offers cooperative matrices),
+    /// "mma" ones through PTX `mma` (CUDA), "tma" ones Hopper's tensor memory accelerator; the
+    /// "unit" ones no tensor cores.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Burn => "burn",
+            Self::Auto => "auto",
+            Self::SimpleCyclic => "simple-cyclic",
+            Self::SimpleCyclicMultiRow => "simple-cyclic-multirow",
+            Self::SimpleCyclicMma => "simple-cyclic-mma",
+            Self::DoubleCyclic => "double-cyclic",
+            Self::DoubleCyclicSpecialized => "double-cyclic-specialized",
+            Self::DoubleCyclicMma => "double-cyclic-mma",
+            Self::OrderedDouble4 => "ordered-double-4",
+            Self::OrderedDouble8 => "ordered-double-8",
+            Self::OrderedDouble8Mma => "ordered-double-8-mma",
+            Self::SpecializedCyclic => "specialized-cyclic",
+            Self::SpecializedCyclicMma => "specialized-cyclic-mma",
+            Self::SimpleTma => "simple-tma",
+            Self::SimpleTmaMultiRow => "simple-tma-multirow",
+            Self::SpecializedTma => "specialized-tma",
+            Self::SimpleUnitMax => "simple-unit-max",
+            Self::SimpleUnitMin => "simple-unit-min",
+            Self::DoubleUnitMax => "double-unit-max",
+            Self::DoubleUnitMin => "double-unit-min",
+        }
+    }
+
+    /// The choice of this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+static CHOICE: super::Setting = super::Setting::new();
+
+/// The choice in force: set by [`set_matmul_choice`], else `LIKENESS_MATMUL` (a name of
+/// [`MatmulChoice::name`]; an unknown one is warned about and ignored), else
+/// [`MatmulChoice::Burn`].
+pub fn matmul_choice() -> MatmulChoice {
+    let from_env = || match std::env::var("LIKENESS_MATMUL") {
+        Ok(name) => MatmulChoice::from_name(&name).unwrap_or_else(|| {
+            let names: Vec<_> = MatmulChoice::ALL.iter().map(|c| c.name()).collect();
+            tracing::warn!(
+                "LIKENESS_MATMUL={name} is not one of {}; Burn's matmul runs",
+                names.join(", ")
+            );
+            MatmulChoice::Burn
+        }),
+        Err(_) => MatmulChoice::Burn,
+    };
+    let v = CHOICE.get(|| from_env() as u8);
+    MatmulChoice::ALL[usize::from(v).min(MatmulChoice::ALL.len() - 1)]
+}
+
+/// Sets the choice for the rest of the process.
+pub fn set_matmul_choice(choice: MatmulChoice) {
+    CHOICE.set(choice as u8);
+}
+
+/// How many matmuls ran the chosen algorithm and how many fell back to Burn's default one (it
+/// refused the shape, dtype or device): `[ran, fell back]` (zero without the CubeCL backends).
+pub fn matmul_counts() -> [u64; 2] {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::matmul::counts();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    [0; 2]
+}
+
+/// `x @ weight_t + bias` over `x`'s last dimension (`weight_t` `[in, out]`), as
+/// `burn::tensor::module::linear`, with the matmul by [`matmul`].
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight_t: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
+    if matmul_choice() == MatmulChoice::Burn || !super::enabled() {
+        return burn::tensor::module::linear(x, weight_t, bias);
+    }
+    let dims = x.dims();
+    let [d_in, d_out] = weight_t.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = matmul(x.reshape([rows, d_in]), weight_t);
+    let y = match bias {
+        Some(b) => y + b.reshape([1, d_out]),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
+}
+
+/// `lhs · rhs` over the last two dimensions: by the algorithm of [`matmul_choice`] on the CubeCL
+/// backends (autodiff included) where it applies, else Burn's `matmul`.
+pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    let choice = matmul_choice();
+    if choice != MatmulChoice::Burn
+        && super::enabled()
+        && let Some(out) = op::<B, D>(&lhs, &rhs, choice)
+    {
+        return out;
+    }
+    lhs.matmul(rhs)
+}
+
+fn op<B: Backend, const D: usize>(
+    lhs: &Tensor<B, D>,
+    rhs: &Tensor<B, D>,
+    choice: MatmulChoice,
+) -> Option<Tensor<B, D>> {
+    // Equal batch dimensions only: the gradients then need no sums over broadcast ones.
+    let (l, r) = (lhs.dims(), rhs.dims());
+    if D < 2 || l[..D - 2] != r[..D - 2] || lhs.dtype() != rhs.dtype() {
+        return None;
+    }
+    macro_rules! attempt {
+        ($inner:ty, $strategy:ty) => {
+            if let Some(out) = attempt::<B, $inner, $strategy, D>(lhs, rhs, choice) {
+                return Some(out);
+            }
+        };
+    }
+    for_each_autodiff_backend!(attempt);
+    // Not an autodiff backend: the plain one, where it runs CubeCL.
+    inner::<B>(float(lhs.clone()), float(rhs.clone()), choice).map(wrap)
+}
+
+fn attempt<B: Backend, I: Backend, C: CheckpointStrategy, const D: usize>(
+    lhs: &Tensor<B, D>,
+    rhs: &Tensor<B, D>,
+    choice: MatmulChoice,
+) -> Option<Tensor<B, D>> {
+    type A<I, C> = Autodiff<I, C>;
+    let (lhs, rhs) = (
+        downcast::<B, A<I, C>, D>(lhs)?,
+        downcast::<B, A<I, C>, D>(rhs)?,
+    );
+    // The op only on runtimes that run it; elsewhere Burn's autodiff matmul.
+    if !super::cube_applies::<I>() {
+        return None;
+    }
+    let out = wrap::<A<I, C>, D>(tracked::<I, C, D>(lhs, rhs, choice));
+    downcast(&out)
+}
+
+/// `lhs · rhs` on backend `I` by the chosen algorithm; `None` off the CubeCL backends or where
+/// the shapes do not multiply.
+fn inner<I: Backend>(
+    lhs: FloatTensor<I>,
+    rhs: FloatTensor<I>,
+    choice: MatmulChoice,
+) -> Option<FloatTensor<I>> {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::matmul_apply::<I>(lhs, rhs, choice);
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    {
+        let _ = (lhs, rhs, choice);
+        None
+    }
+}
+
+/// [`inner`], else Burn's matmul.
+fn compute<I: Backend>(
+    lhs: FloatTensor<I>,
+    rhs: FloatTensor<I>,
+    choice: MatmulChoice,
+) -> FloatTensor<I> {
+    inner::<I>(lhs.clone(), rhs.clone(), choice).unwrap_or_else(|| I::float_matmul(lhs, rhs))
+}
+
+#[derive(Debug)]
+struct Matmul;
+
+/// The left operand (only where the right one takes a gradient), the right one (only where the
+/// left one does), and the algorithm.
+type SavedState = (Option<NodeId>, Option<NodeId>, MatmulChoice);
+
+impl<I: Backend> Backward<I, 2> for Matmul {
+    type State = SavedState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let [node_lhs, node_rhs] = ops.parents;
+        let grad: FloatTensor<I> = grads.consume::<I>(&ops.node);
+        let (lhs_state, rhs_state, choice) = ops.state;
+        let lhs: Option<FloatTensor<I>> = lhs_state.map(|s| cp.retrieve_node_output(s));
+        let rhs: Option<FloatTensor<I>> = rhs_state.map(|s| cp.retrieve_node_output(s));
+        let device = I::float_device(&grad);
+        crate::profile::span::<I, _>(&device, "linear bwd", || {
+            if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
+                let d_lhs = compute::<I>(grad.clone(), I::float_transpose(rhs), choice);
+                grads.register::<I>(node.id, d_lhs);
+            }
+            if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
+                let d_rhs = compute::<I>(I::float_transpose(lhs), grad, choice);
+                grads.register::<I>(node.id, d_rhs);
+            }
+        });
+    }
+}
+
+fn tracked<I: Backend, C: CheckpointStrategy, const D: usize>(
+    lhs: Tensor<Autodiff<I, C>, D>,
+    rhs: Tensor<Autodiff<I, C>, D>,
+    choice: MatmulChoice,
+) -> FloatTensor<Autodiff<I, C>> {
+    let (lhs, rhs) = (float(lhs), float(rhs));
+    match Matmul
+        .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let lhs_state = (!rhs.node.requirement.is_none()).then(|| prep.checkpoint(&lhs));
+            let rhs_state = (!lhs.node.requirement.is_none()).then(|| prep.checkpoint(&rhs));
+            let out = compute::<I>(lhs.primitive, rhs.primitive, choice);
+            prep.finish((lhs_state, rhs_state, choice), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(compute::<I>(lhs.primitive, rhs.primitive, choice)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MatmulChoice;
+
+    #[test]
+    fn names_round_trip_and_are_distinct() {
+        let mut names = std::collections::HashSet::new();
+        for c in MatmulChoice::ALL {
+            assert_eq!(MatmulChoice::from_name(c.name()), Some(c));
+            assert!(names.insert(c.name()));
+        }
+        assert_eq!(MatmulChoice::from_name("fastest"), None);
+        // The setting stores the discriminant and reads it back through ALL.
+        for (i, c) in MatmulChoice::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Likeness' matmul op (`kernels::matmul`: Burn's matmul algorithms chosen by name, forward and
+//! both gradients) on wgpu against Burn's matmul on the CPU backend, under unit algorithms (which
+//! lavapipe runs) and one it cannot (a tensor-core one: it must leave
+//! the matmul to Burn's default and say so in the counts).
+#![cfg(feature = "wgpu")]
+
+use crate::common;
+
+use burn::backend::Autodiff;
+use common::{assert_close, numbers, tensor, values};
+use likeness_models::kernels::matmul::{
+    MatmulChoice, linear, matmul, matmul_choice, matmul_counts, set_matmul_choice,
+};
+
+type W = burn::backend::Wgpu<f32>;
+type F = burn::backend::Flex;
+
+/// A linear layer's output and the gradients of its input, weight (where it trains: a full
+/// fine-tune, not LoRA) and bias under an upstream gradient through `tanh`: x `[2, rows, d_in]`,
+/// weight `[d_out, d_in]` used transposed, as `nn::Linear` does.
+fn linear_grads<A: burn::tensor::backend::AutodiffBackend>(
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    weight_trains: bool,
+    seed: u64,
+) -> Vec<Vec<f32>> {
+    let x =
+        tensor::<A, 3>(&numbers(2 * rows * d_in, seed, 0.0, 1.0), [2, rows, d_in]).require_grad();
+    let mut w = tensor::<A, 2>(&numbers(d_out * d_in, seed + 1, 0.0, 0.3), [d_out, d_in]);
+    if weight_trains {
+        w = w.require_grad();
+    }
+    let b = tensor::<A, 1>(&numbers(d_out, seed + 2, 0.1, 0.5), [d_out]).require_grad();
+    let y = linear(x.clone(), w.clone().transpose(), Some(b.clone()));
+    let grads = y.clone().tanh().sum().backward();
+    let mut out = vec![values(y), values(x.grad(&grads).expect("x trains"))];
+    out.push(values(b.grad(&grads).expect("the bias trains")));
+    if weight_trains {
+        out.push(values(w.grad(&grads).expect("the weight trains")));
+    }
+    out
+}
+
+/// `[3, m, k] · [3, k, n]` (batched, both operands tracked) and both gradients.
+fn batched_grads<A: burn::tensor::backend::AutodiffBackend>(seed: u64) -> Vec<Vec<f32>> {
+    let (m, k, n) = (17, 9, 11);
+    let a = tensor::<A, 3>(&numbers(3 * m * k, seed, 0.0, 1.0), [3, m, k]).require_grad();
+    let b = tensor::<A, 3>(&numbers(3 * k * n, seed + 1, 0.0, 1.0), [3, k, n]).require_grad();
+    let y = matmul(a.clone(), b.clone());
+    let grads = y.clone().tanh().sum().backward();
+    vec![
+        values(y),
+        values(a.grad(&grads).expect("a trains")),
+        values(b.grad(&grads).expect("b trains")),
+    ]
+}
+
+fn check(what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_close(&format!("{what} output {k}"), g, w);
+    }
+}
+
+#[test]
+fn every_algorithm_matches_burns_matmul_forward_and_backward() {
+    if common::skip_wgpu() {
+        return;
+    }
+    // The reference: Burn's matmul, on the CPU (the choice applies to CubeCL backends only).
+    let cases = [(37, 20, 24, true), (5, 64, 8, false)];
+    let want: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, di, dout, t))| linear_grads::<Autodiff<F>>(r, di, dout, t, 10 * i as u64))
+        .collect();
+    let want_batched = batched_grads::<Autodiff<F>>(77);
+    // Two of the four unit algorithms (each compiles its kernels: lavapipe's shader compiler
+    // takes most of this test's time).
+    let runnable = [
+        MatmulChoice::Burn,
+        MatmulChoice::SimpleUnitMin,
+        MatmulChoice::DoubleUnitMax,
+        // No cooperative matrices on lavapipe: every matmul falls back to Burn's default.
+        MatmulChoice::DoubleCyclic,
+    ];
+    for choice in runnable {
+        set_matmul_choice(choice);
+        assert_eq!(matmul_choice(), choice);
+        let [ran_before, fell_before] = matmul_counts();
+        for (i, &(r, di, dout, t)) in cases.iter().enumerate() {
+            let got = linear_grads::<Autodiff<W>>(r, di, dout, t, 10 * i as u64);
+            check(
+                &format!("{} linear {:?}", choice.name(), cases[i]),
+                &got,
+                &want[i],
+            );
+        }
+        check(
+            &format!("{} batched", choice.name()),
+            &batched_grads::<Autodiff<W>>(77),
+            &want_batched,
+        );
+        let [ran, fell] = matmul_counts();
+        let launched = (ran - ran_before) + (fell - fell_before);
+        if choice == MatmulChoice::Burn {
+            assert_eq!(launched, 0, "burn: Burn's own matmul, not the op");
+        } else {
+            // Per linear case: forward, the input's gradient, the weight's where it trains;
+            // the batched case: forward and two gradients.
+            assert_eq!(
+                launched,
+                3 + 2 + 3,
+                "{}: matmuls through the op",
+                choice.name()
+            );
+        }
+        if choice == MatmulChoice::DoubleCyclic {
+            println!(
+                "double-cyclic on this adapter: ran {}, fell back {}",
+                ran - ran_before,
+                fell - fell_before
+            );
+        } else if choice != MatmulChoice::Burn {
+            assert_eq!(
+                fell,
+                fell_before,
+                "{}: fell back on lavapipe",
+                choice.name()
+            );
+        }
+    }
+    // Inference: the plain backend runs the op too.
+    set_matmul_choice(MatmulChoice::SimpleUnitMax);
+    let [ran_before, _] = matmul_counts();
+    let x = tensor::<W, 2>(&numbers(30 * 12, 5, 0.0, 1.0), [30, 12]);
+    let w = tensor::<W, 2>(&numbers(12 * 7, 6, 0.0, 1.0), [12, 7]);
+    let (xf, wf) = (
+        tensor::<F, 2>(&numbers(30 * 12, 5, 0.0, 1.0), [30, 12]),
+        tensor::<F, 2>(&numbers(12 * 7, 6, 0.0, 1.0), [12, 7]),
+    );
+    assert_close("inference", &values(matmul(x, w)), &values(xf.matmul(wf)));
+    assert_eq!(matmul_counts()[0], ran_before + 1);
+    set_matmul_choice(MatmulChoice::Burn);
+}
