@@ -138,6 +138,10 @@ LI="env LIKENESS_CONV=im2col $L"
 # Burn's flash kernels off for the attentions Likeness' own kernels leave: Burn's default
 # (composed, the scores written out, in a build without autotune) there instead (session 13).
 LF="env LIKENESS_FLASH=off $L"
+# Likeness' attention kernels at no size: SD 1.5's 4096-token attentions too go to Burn's
+# tensor-core flash kernel (head dim 40 padded to 48) and the blocked backward's matmuls
+# (session 15), against Likeness' kernels, which use no tensor cores.
+LN="env LIKENESS_ATTENTION_KERNEL=never $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
@@ -185,6 +189,9 @@ if [ -n "$best" ]; then
 fi
 # The step's gap op by op: one more step by phase, forward by layer kind, backward by op (Likeness:
 # its own autodiff ops synchronised; diffusers: torch.profiler's device time per autograd function).
+item ops-bf16 100 likeness-noownattn $LN --precision bf16 --only ops --iters 5
+item db-bf16-b1 100 likeness-noownattn $LN --precision bf16 --only db-step --batch 1 --iters 5
+item infer-bf16 100 likeness-noownattn $LN --precision bf16 --only unet --iters 3
 item db-bf16-b1-profile 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 2 --profile
 item db-bf16-b1-profile 120 likeness $L --precision bf16 --only db-step --batch 1 --iters 2 --profile
 item db-bf16-b1 100 likeness-im2col $LI --precision bf16 --only db-step --batch 1 --iters 3

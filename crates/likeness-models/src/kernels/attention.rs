@@ -118,16 +118,25 @@ pub enum KernelPolicy {
     BySize,
     /// Every one (`LIKENESS_ATTENTION_KERNEL=always`; the kernels' tests and benchmarks).
     Always,
+    /// None (`LIKENESS_ATTENTION_KERNEL=never`): every attention to Burn's kernels under the
+    /// [`FlashPolicy`] and the blocked backward — on tensor cores in half precision, where the
+    /// kernels here run none (to measure one against the other at SD's largest attention).
+    Never,
 }
 
 static POLICY: super::Setting = super::Setting::new();
 
 /// The policy in force: set by [`set_kernel_policy`], else `LIKENESS_ATTENTION_KERNEL`
-/// (`always`), else [`KernelPolicy::BySize`].
+/// (`always`, `never`), else [`KernelPolicy::BySize`].
 pub fn kernel_policy() -> KernelPolicy {
-    let always = || std::env::var("LIKENESS_ATTENTION_KERNEL").as_deref() == Ok("always");
-    match POLICY.get(|| always() as u8) {
+    let from_env = || match std::env::var("LIKENESS_ATTENTION_KERNEL").as_deref() {
+        Ok("always") => KernelPolicy::Always,
+        Ok("never") => KernelPolicy::Never,
+        _ => KernelPolicy::BySize,
+    };
+    match POLICY.get(|| from_env() as u8) {
         1 => KernelPolicy::Always,
+        2 => KernelPolicy::Never,
         _ => KernelPolicy::BySize,
     }
 }
@@ -141,6 +150,7 @@ pub fn set_kernel_policy(policy: KernelPolicy) {
 pub fn kernels_take(policy: KernelPolicy, n_q: usize, n_k: usize) -> bool {
     match policy {
         KernelPolicy::Always => true,
+        KernelPolicy::Never => false,
         KernelPolicy::BySize => n_q.saturating_mul(n_k) >= KERNEL_MIN_SCORES,
     }
 }
@@ -459,5 +469,6 @@ mod tests {
         assert!(!by_size(64, 64), "the built-in world's UNet");
         assert!(by_size(usize::MAX, 2), "no overflow");
         assert!(kernels_take(KernelPolicy::Always, 1, 1));
+        assert!(!kernels_take(KernelPolicy::Never, 9216, 9216));
     }
 }

@@ -11,8 +11,10 @@
 //!   kernel, at a tuning cost on the first call of every shape. Under
 //!   [`FlashPolicy::Accelerated`](crate::kernels::attention::FlashPolicy::Accelerated) (the default
 //!   without autotune) half-precision attentions go to the tensor-core kernel at 4 planes (2 and 1
-//!   where the query rows do not divide into 64 or 32), and where it refuses the shape (no `cmma`
-//!   on the device, a head dim its tiles do not divide: SD 1.5's 40) to the composed attention;
+//!   where the query rows do not divide into 64 or 32), with head dims its tiles do not divide
+//!   (SD 1.5's 40; its instructions take 16 at a time) padded with zeros to the next multiple of
+//!   16 and q scaled to keep the softmax's 1/√d, and where it refuses the shape (no `cmma` on the
+//!   device) to the composed attention;
 //!   under [`FlashPolicy::Unit`](crate::kernels::attention::FlashPolicy::Unit) to the unit-tile
 //!   kernel, which needs no tensor cores (what the launch is tested with on lavapipe). The flash
 //!   kernels stage q, k, v and the probabilities in f16 tiles with f32 sums, as Burn launches them.
@@ -55,6 +57,16 @@ fn count(path: usize) {
 /// and 8); a cube covers `planes` tiles of query rows, which must divide the query count.
 const PLANES: [u8; 3] = [4, 2, 1];
 
+/// The flash kernels' head dims are padded to a multiple of this (see [`FlashOp`]).
+const HEAD_TILE: usize = 16;
+
+/// `x` with zeros appended along its last dimension up to `to`, contiguous.
+fn pad_last<R: CubeRuntime>(x: Tensor<super::Inner<R>, 4>, to: usize) -> CubeTensor<R> {
+    let d = x.dims()[3];
+    let zeros = x.clone().narrow(3, 0, 1).zeros_like().repeat_dim(3, to - d);
+    super::primitive::<R, 4>(Tensor::cat(vec![x, zeros], 3))
+}
+
 /// Which kernels [`FlashOp`] tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
@@ -76,7 +88,32 @@ impl KernelOp<3, 1> for FlashOp {
         // the usual order — as the models hand them over, heads split from `[b, n, h·d]` and
         // swapped into place: every head past the first came out wrong on lavapipe (the test
         // `flash`). One copy each into the plain layout first.
-        let [q, k, v] = inputs.map(into_contiguous);
+        let [q0, k0, v0] = inputs.map(into_contiguous);
+        // The flash kernels' tiles must divide the head dims (16 for the tensor cores' bf16 and
+        // f16 instructions): SD 1.5's 40 is padded with zeros to 48, q scaled so that the
+        // kernel's 1/√48 comes out as 1/√40, and the output's padding cut off.
+        let (d, d_v) = (q0.meta.shape()[3], v0.meta.shape()[3]);
+        let padded = self.path != Path::Burn && !(d % HEAD_TILE == 0 && d_v % HEAD_TILE == 0);
+        let (q, k, v) = if padded {
+            let (dp, dvp) = (
+                d.next_multiple_of(HEAD_TILE),
+                d_v.next_multiple_of(HEAD_TILE),
+            );
+            let scale = (dp as f64 / d as f64).sqrt();
+            (
+                pad_last(super::tensor::<R, 4>(q0.clone()).mul_scalar(scale), dp),
+                pad_last(super::tensor::<R, 4>(k0.clone()), dp),
+                pad_last(super::tensor::<R, 4>(v0.clone()), dvp),
+            )
+        } else {
+            (q0.clone(), k0.clone(), v0.clone())
+        };
+        let unpad = |out: CubeTensor<R>| match padded {
+            true => into_contiguous(super::primitive::<R, 4>(
+                super::tensor::<R, 4>(out).narrow(3, 0, d_v),
+            )),
+            false => out,
+        };
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -112,10 +149,10 @@ impl KernelOp<3, 1> for FlashOp {
         };
         if let Some(out) = first {
             count(if self.path == Path::Unit { 1 } else { 0 });
-            return [out];
+            return [unpad(out)];
         }
         count(2);
-        let out = launch(AttentionStrategy::Fallback)
+        let out = attention(q0, k0, v0, None, None, options, AttentionStrategy::Fallback)
             .unwrap_or_else(|e| panic!("attention {self:?}: {e:?}"));
         [out]
     }
