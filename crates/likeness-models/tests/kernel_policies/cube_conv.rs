@@ -52,6 +52,7 @@ fn options(stride: usize, padding: usize) -> ConvOptions<2> {
 
 #[test]
 fn training_on_wgpu_matches_burns_conv_on_the_cpu() {
+    let _serial = crate::matmuls_serial();
     if skip() {
         return;
     }
@@ -82,6 +83,7 @@ fn assert_gemm_tiers() {
 /// Inference on the plain wgpu backend (no autodiff): the op's forward, Burn's numbers.
 #[test]
 fn inference_on_wgpu_matches_burns_conv_on_the_cpu() {
+    let _serial = crate::matmuls_serial();
     if skip() {
         return;
     }

@@ -8,6 +8,7 @@ use crate::common;
 
 use burn::backend::Autodiff;
 use common::{assert_close, numbers, tensor, values};
+use likeness_models::kernels::conv::{ConvPolicy, set_conv_policy};
 use likeness_models::kernels::matmul::{
     MatmulChoice, linear, matmul, matmul_choice, matmul_counts, set_matmul_choice,
 };
@@ -65,6 +66,7 @@ fn check(what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
 
 #[test]
 fn every_algorithm_matches_burns_matmul_forward_and_backward() {
+    let _serial = crate::matmuls_serial();
     if common::skip_wgpu() {
         return;
     }
@@ -76,6 +78,17 @@ fn every_algorithm_matches_burns_matmul_forward_and_backward() {
         .map(|(i, &(r, di, dout, t))| linear_grads::<Autodiff<F>>(r, di, dout, t, 10 * i as u64))
         .collect();
     let want_batched = batched_grads::<Autodiff<F>>(77);
+    // The convolutions' im2col tier multiplies through the op too, its weight `[1, o, c·k·k]`
+    // broadcast over the samples: a 3×3 convolution of three samples and a pointwise one.
+    set_conv_policy(ConvPolicy::Gemm);
+    let convs: [common::ConvCase; 2] = [
+        ([3, 4, 6, 6], 5, 3, 1, 1, true),
+        ([2, 6, 5, 4], 3, 1, 1, 0, true),
+    ];
+    let want_convs: Vec<_> = convs
+        .iter()
+        .map(|&c| common::conv_grads::<Autodiff<F>>(c, 5, false))
+        .collect();
     // Two of the four unit algorithms (each compiles its kernels: lavapipe's shader compiler
     // takes most of this test's time).
     let runnable = [
@@ -102,7 +115,21 @@ fn every_algorithm_matches_burns_matmul_forward_and_backward() {
             &batched_grads::<Autodiff<W>>(77),
             &want_batched,
         );
-        let [ran, fell] = matmul_counts();
+        let [ran_mid, fell_mid] = matmul_counts();
+        for (case, want) in convs.iter().zip(&want_convs) {
+            let got = common::conv_grads::<Autodiff<W>>(*case, 5, true);
+            check(&format!("{} conv {case:?}", choice.name()), &got, want);
+        }
+        if choice != MatmulChoice::Burn {
+            // Forward, data and weight gradients of each: at least one matmul per pass.
+            let [ran, fell] = matmul_counts();
+            assert!(
+                ran + fell >= ran_mid + fell_mid + 6,
+                "{}: convolutions",
+                choice.name()
+            );
+        }
+        let (ran, fell) = (ran_mid, fell_mid);
         let launched = (ran - ran_before) + (fell - fell_before);
         if choice == MatmulChoice::Burn {
             assert_eq!(launched, 0, "burn: Burn's own matmul, not the op");

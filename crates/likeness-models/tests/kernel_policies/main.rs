@@ -8,6 +8,15 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// Held by the tests whose matmuls go through Likeness' matmul op (the convolutions' im2col tier,
+/// the linear layers) while one of them changes its algorithm and counts its launches.
+pub static MATMULS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`MATMULS`], also after a test that held it failed.
+pub fn matmuls_serial() -> std::sync::MutexGuard<'static, ()> {
+    MATMULS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 mod cube_attention;
 mod cube_conv;
 mod cube_matmul;

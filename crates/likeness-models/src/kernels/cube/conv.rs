@@ -3,7 +3,8 @@
 //! 1. Burn's implicit-GEMM kernels (tensor cores through CubeCL's `cmma`), chosen directly
 //!    (under [`ConvPolicy::Gemm`](crate::kernels::conv::ConvPolicy::Gemm) only);
 //! 2. im2col + matmul: a kernel of Likeness' own unfolds the input into columns
-//!    `[n, c_in·k_h·k_w, h_out·w_out]` and Burn's matmul (tensor cores where the device has them,
+//!    `[n, c_in·k_h·k_w, h_out·w_out]` and Burn's matmul (the algorithm `LIKENESS_MATMUL` names,
+//!    [`crate::kernels::matmul`]; tensor cores where the device has them,
 //!    register tiles where not) multiplies them by the weight; the data gradient multiplies by
 //!    the transposed weight and folds the columns back (a gather, any stride), the weight
 //!    gradient multiplies the output gradient by the columns. Needs no `cmma`, so it runs on
@@ -352,9 +353,10 @@ fn im2col<R: CubeRuntime>(
             let weight = tensor::<R, 4>(b).reshape([1, o, depth]);
             let mut parts: Vec<_> = chunks
                 .map(|(first, samples)| {
-                    weight
-                        .clone()
-                        .matmul(unfold(&x, first, samples, depth, positions, geometry))
+                    mm(
+                        weight.clone(),
+                        unfold(&x, first, samples, depth, positions, geometry),
+                    )
                 })
                 .collect();
             let y = if parts.len() == 1 {
@@ -369,9 +371,7 @@ fn im2col<R: CubeRuntime>(
             let dy = tensor::<R, 4>(a).reshape([n, o, positions]);
             let weight_t = tensor::<R, 4>(b).reshape([1, o, depth]).swap_dims(1, 2);
             for (first, samples) in chunks {
-                let dcols = weight_t
-                    .clone()
-                    .matmul(dy.clone().narrow(0, first, samples));
+                let dcols = mm(weight_t.clone(), dy.clone().narrow(0, first, samples));
                 fold(
                     into_contiguous(primitive(dcols)),
                     &dx,
@@ -388,10 +388,7 @@ fn im2col<R: CubeRuntime>(
             let dw = chunks
                 .map(|(first, samples)| {
                     let cols = unfold(&x, first, samples, depth, positions, geometry);
-                    dy.clone()
-                        .narrow(0, first, samples)
-                        .matmul(cols.swap_dims(1, 2))
-                        .sum_dim(0)
+                    mm(dy.clone().narrow(0, first, samples), cols.swap_dims(1, 2)).sum_dim(0)
                 })
                 .reduce(|sum, part| sum + part)?;
             Some(primitive(dw.reshape([o, c, kh, kw])))
@@ -408,22 +405,37 @@ fn pointwise<R: CubeRuntime>(conv: &Conv, a: CubeTensor<R>, b: CubeTensor<R>) ->
     let weight = |t: CubeTensor<R>| tensor::<R, 4>(t).reshape([1, o, c]);
     let y = match conv.pass {
         // y = W·x per sample.
-        Pass::Forward => weight(b)
-            .matmul(tensor::<R, 4>(a).reshape([n, c, positions]))
-            .reshape([n, o, h, w]),
+        Pass::Forward => {
+            mm(weight(b), tensor::<R, 4>(a).reshape([n, c, positions])).reshape([n, o, h, w])
+        }
         // dx = Wᵀ·dy per sample.
-        Pass::Data => weight(b)
-            .swap_dims(1, 2)
-            .matmul(tensor::<R, 4>(a).reshape([n, o, positions]))
-            .reshape([n, c, h, w]),
+        Pass::Data => mm(
+            weight(b).swap_dims(1, 2),
+            tensor::<R, 4>(a).reshape([n, o, positions]),
+        )
+        .reshape([n, c, h, w]),
         // dW = Σₙ dy·xᵀ.
-        Pass::Weight => tensor::<R, 4>(b)
-            .reshape([n, o, positions])
-            .matmul(tensor::<R, 4>(a).reshape([n, c, positions]).swap_dims(1, 2))
-            .sum_dim(0)
-            .reshape([o, c, 1, 1]),
+        Pass::Weight => mm(
+            tensor::<R, 4>(b).reshape([n, o, positions]),
+            tensor::<R, 4>(a).reshape([n, c, positions]).swap_dims(1, 2),
+        )
+        .sum_dim(0)
+        .reshape([o, c, 1, 1]),
     };
     primitive(y)
+}
+
+/// `a · b` (batched, batch dimensions broadcast) by the matmul algorithm `LIKENESS_MATMUL` names
+/// ([`crate::kernels::matmul`]), Burn's matmul by default.
+fn mm<R: CubeRuntime>(
+    a: burn::prelude::Tensor<super::Inner<R>, 3>,
+    b: burn::prelude::Tensor<super::Inner<R>, 3>,
+) -> burn::prelude::Tensor<super::Inner<R>, 3> {
+    let choice = crate::kernels::matmul::matmul_choice();
+    match super::matmul::matmul_on(choice, primitive(a.clone()), primitive(b.clone())) {
+        Some(out) => tensor(out),
+        None => a.matmul(b),
+    }
 }
 
 /// The columns `[samples, depth, positions]` of `x`'s samples `first..first + samples`.
