@@ -159,41 +159,38 @@ fi
 item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
 item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
 item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
-item infer-bf16 90 diffusers $P --precision bf16 --iters 3
-item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
-item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
-# Burn's matmul algorithms one after another on the feed-forward's matmul (session 15); the
+# The alternatives prepared without a GPU (session 15), each measured alone and then as a
+# training step. Burn's matmul algorithms one after another on the feed-forward's matmul; the
 # fastest forward + backward that ran without falling back and within 2e-2 of Burn's default
-# then runs a training step (`LIKENESS_MATMUL`: every linear layer's matmuls, both ways).
-item matmuls-bf16 120 likeness $L --precision bf16 --only matmuls --iters 3
-best=$(python3 - "$logs/matmuls-bf16-likeness.json" <<'EOF2'
-import json, re, sys
-try:
-    rows = json.load(open(sys.argv[1]))
-except Exception:
-    sys.exit(0)
-err = {}
-for r in rows:
-    m = re.match(r"check: matmul (\S+) ", r["name"])
-    if m:
-        err[m.group(1)] = r["mean_ms"] / 1e3
-timed = [(r["mean_ms"], r["name"].split()[1]) for r in rows
-         if r["name"].endswith("fwd+bwd") and r["name"].startswith("matmul ")]
-ok = sorted(t for t in timed if err.get(t[1], 1.0) <= 2e-2 and t[1] != "burn")
-print(ok[0][1] if ok else "")
-EOF2
-)
+# then runs a training step (`LIKENESS_MATMUL`: the linear layers' and the im2col/pointwise
+# convolutions' matmuls, both ways).
+item matmuls-bf16 200 likeness $L --precision bf16 --only matmuls --iters 3
+best=$(python3 tests/bench/fastest.py "$logs/matmuls-bf16-likeness.json" matmul)
 echo "fastest matmul algorithm here: ${best:-none}"
 if [ -n "$best" ]; then
   item db-bf16-b1 100 "likeness-mm-$best" env LIKENESS_MATMUL="$best" $L --precision bf16 --only db-step --batch 1 --iters 5
 fi
+# The same for the 3x3 convolution's implicit-GEMM algorithms, then both choices together.
+item convs-bf16 150 likeness $L --precision bf16 --only convs --iters 3
+best_conv=$(python3 tests/bench/fastest.py "$logs/convs-bf16-likeness.json" conv3x3)
+echo "fastest implicit-GEMM algorithm here: ${best_conv:-none}"
+if [ -n "$best_conv" ]; then
+  item db-bf16-b1 100 "likeness-conv-$best_conv" env LIKENESS_CONV_ALGORITHM="$best_conv" $L --precision bf16 --only db-step --batch 1 --iters 5
+  if [ -n "$best" ]; then
+    item db-bf16-b1 100 "likeness-mm-$best-conv-$best_conv" env LIKENESS_MATMUL="$best" LIKENESS_CONV_ALGORITHM="$best_conv" $L --precision bf16 --only db-step --batch 1 --iters 5
+  fi
+fi
+# SD 1.5's 4096-token attentions on Burn's tensor-core flash kernel + the blocked backward.
+item db-bf16-b1 100 likeness-noownattn $LN --precision bf16 --only db-step --batch 1 --iters 5
 # The step's gap op by op: one more step by phase, forward by layer kind, backward by op (Likeness:
 # its own autodiff ops synchronised; diffusers: torch.profiler's device time per autograd function).
-item ops-bf16 100 likeness-noownattn $LN --precision bf16 --only ops --iters 5
-item db-bf16-b1 100 likeness-noownattn $LN --precision bf16 --only db-step --batch 1 --iters 5
-item infer-bf16 100 likeness-noownattn $LN --precision bf16 --only unet --iters 3
 item db-bf16-b1-profile 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 2 --profile
 item db-bf16-b1-profile 120 likeness $L --precision bf16 --only db-step --batch 1 --iters 2 --profile
+item infer-bf16 90 diffusers $P --precision bf16 --iters 3
+item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
+item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
+item ops-bf16 100 likeness-noownattn $LN --precision bf16 --only ops --iters 5
+item infer-bf16 100 likeness-noownattn $LN --precision bf16 --only unet --iters 3
 item db-bf16-b1 100 likeness-im2col $LI --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 1 --profile
@@ -205,6 +202,15 @@ item unet-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --onl
 # CUDA bf16 rows above; and the matmul algorithms there.
 item unet-wgpu-f16 120 likeness "$bin" bench --device wgpu --precision f16 --only unet --iters 3 --profile
 item matmuls-wgpu-f16 120 likeness "$bin" bench --device wgpu --precision f16 --only matmuls --iters 3
+# wgpu in f32 has no tensor cores: its linears and im2col convolutions run unit matmuls, whose
+# fastest algorithm then runs the UNet forward (session 14: wgpu/CUDA 3.45x, linear 237 ms and
+# conv3x3 270 ms of its 789).
+item matmuls-wgpu-f32 120 likeness "$bin" bench --device wgpu --precision f32 --only matmuls --iters 3
+best_wgpu=$(python3 tests/bench/fastest.py "$logs/matmuls-wgpu-f32-likeness.json" matmul)
+echo "fastest matmul algorithm on wgpu f32: ${best_wgpu:-none}"
+if [ -n "$best_wgpu" ]; then
+  item unet-wgpu-f32 120 "likeness-mm-$best_wgpu" env LIKENESS_MATMUL="$best_wgpu" "$bin" bench --device wgpu --precision f32 --only unet --iters 3 --profile
+fi
 item infer-bf16 90 diffusers-profile $P --precision bf16 --iters 3 --profile
 item db-bf16-b1 100 likeness-nocube $LC --precision bf16 --only db-step --batch 1 --iters 3
 item unet-f32 60 likeness $L --precision f32 --only unet --iters 3

@@ -30,7 +30,8 @@ pub struct BenchArgs {
     /// Which parts: unet, generate, all (those two), ops (single layers at SD1.5's largest
     /// shapes, forward and forward + backward), matmuls (the feed-forward's matmul, forward and
     /// forward + backward, under each of Burn's matmul algorithms that `LIKENESS_MATMUL` names,
-    /// with its largest error against Burn's default), dpo-step (one DreamBooth-DPO
+    /// with its largest error against Burn's default), convs (the 3×3 convolution likewise under
+    /// each implicit-GEMM algorithm `LIKENESS_CONV_ALGORITHM` names), dpo-step (one DreamBooth-DPO
     /// optimizer step on one pair: model and reference UNet on winner and loser, backward,
     /// AdamW on rank-4 attention LoRA) or db-step (one DreamBooth LoRA step: text encoding,
     /// noise, UNet forward, MSE, backward, AdamW on rank-4 attention LoRA).
@@ -68,11 +69,13 @@ struct Row {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if ![
-        "unet", "generate", "all", "ops", "matmuls", "dpo-step", "db-step",
+        "unet", "generate", "all", "ops", "matmuls", "convs", "dpo-step", "db-step",
     ]
     .contains(&args.only.as_str())
     {
-        anyhow::bail!("--only must be unet, generate, all, ops, matmuls, dpo-step or db-step");
+        anyhow::bail!(
+            "--only must be unet, generate, all, ops, matmuls, convs, dpo-step or db-step"
+        );
     }
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
@@ -151,9 +154,13 @@ impl BackendTask for BenchTask {
         if precision != Precision::F32 {
             label = format!("{label}, weights {precision:?}");
         }
-        if a.only == "matmuls" {
-            // No model: the matmuls alone.
-            let mut rows = matmuls::<B>(&a, &label, &device, precision);
+        if a.only == "matmuls" || a.only == "convs" {
+            // No model: the matmuls or convolutions alone.
+            let mut rows = if a.only == "matmuls" {
+                matmuls::<B>(&a, &label, &device, precision)
+            } else {
+                convs::<B>(&a, &label, &device, precision)
+            };
             finish_rows(&mut rows, placement);
             return Ok(rows);
         }
@@ -699,6 +706,111 @@ fn matmuls<B: Backend>(
         ));
     }
     set_matmul_choice(MatmulChoice::Burn);
+    out
+}
+
+/// The resnets' 3×3 convolution 320 → 320 over `[2, 320, size/8, size/8]` (in the asked dtype)
+/// through Likeness' op on the GEMM tier, forward and forward + backward (the input's gradient
+/// and a trained weight's), under every implicit-GEMM algorithm `LIKENESS_CONV_ALGORITHM` names
+/// in turn; rows as [`matmuls`]' (errors of y and dx against Burn's `conv2d` on the device).
+fn convs<B: Backend>(
+    a: &BenchArgs,
+    label: &str,
+    device: &B::Device,
+    precision: Precision,
+) -> Vec<Row> {
+    use burn::backend::Autodiff;
+    use likeness_models::kernels::conv::{
+        ConvAlgorithmChoice, ConvPolicy, algorithm_counts, conv2d, set_conv_algorithm,
+        set_conv_policy,
+    };
+    use likeness_models::nn::in_dtype;
+    type AB<B> = Autodiff<B>;
+
+    let lat = a.size / 8;
+    let dtype = precision.half_dtype().unwrap_or(burn::tensor::DType::F32);
+    let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+    let x = in_dtype(
+        Tensor::<AB<B>, 4>::random([2, 320, lat, lat], normal, device),
+        dtype,
+    );
+    let w = in_dtype(
+        Tensor::<AB<B>, 4>::random([320, 320, 3, 3], normal, device) * 0.02,
+        dtype,
+    );
+    let opts = burn::tensor::ops::ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    set_conv_policy(ConvPolicy::Gemm);
+    let y_and_dx = |ours: bool| {
+        let xr = x.clone().require_grad();
+        let y = if ours {
+            conv2d(xr.clone(), w.clone(), None, opts.clone())
+        } else {
+            burn::tensor::module::conv2d(xr.clone(), w.clone(), None, opts.clone())
+        };
+        let dx = xr.grad(&y.clone().sum().backward()).expect("dx");
+        (y, Tensor::<AB<B>, 4>::from_inner(dx))
+    };
+    let (want_y, want_dx) = y_and_dx(false);
+    let shape = format!("[2, 320, {lat}, {lat}]");
+    let mut out = Vec::new();
+    for choice in ConvAlgorithmChoice::ALL {
+        set_conv_algorithm(choice);
+        let [_, fell_before] = algorithm_counts();
+        let (y, dx) = y_and_dx(true);
+        let (e_y, e_dx) = (
+            max_rel_err(y, want_y.clone()),
+            max_rel_err(dx, want_dx.clone()),
+        );
+        let xg = x.clone().require_grad();
+        let wg = w.clone().require_grad();
+        let mut fwd = Vec::new();
+        let mut both = Vec::new();
+        for _ in 0..=a.iters.max(2) {
+            fwd.push(time::<B>(device, || {
+                let _ = conv2d(x.clone(), w.clone(), None, opts.clone())
+                    .sum()
+                    .into_data();
+            }));
+            both.push(time::<B>(device, || {
+                let g = conv2d(xg.clone(), wg.clone(), None, opts.clone())
+                    .sum()
+                    .backward();
+                let _ = wg.grad(&g).map(|t| t.sum().into_data());
+                let _ = xg.grad(&g).map(|t| t.sum().into_data());
+            }));
+        }
+        let fell = algorithm_counts()[1] - fell_before;
+        let note = if fell > 0 {
+            format!(" (fell back ×{fell})")
+        } else {
+            String::new()
+        };
+        let name = choice.name();
+        eprintln!(
+            "conv3x3 {name}: fwd {:.2} ms, fwd+bwd {:.2} ms, error y {e_y:.1e} dx {e_dx:.1e}{note}",
+            fwd[1..].iter().sum::<f64>() / (fwd.len() - 1) as f64,
+            both[1..].iter().sum::<f64>() / (both.len() - 1) as f64,
+        );
+        out.push(row(
+            &format!("conv3x3 {name} {shape} fwd{note}"),
+            label,
+            &fwd,
+        ));
+        out.push(row(
+            &format!("conv3x3 {name} {shape} fwd+bwd{note}"),
+            label,
+            &both,
+        ));
+        out.push(row(
+            &format!(
+                "check: conv3x3 {name} max error / max vs Burn's conv2d (×1000 in ms columns: \
+                 the larger of y {e_y:.1e} and dx {e_dx:.1e})"
+            ),
+            label,
+            &[e_y.max(e_dx) * 1e3],
+        ));
+    }
+    set_conv_algorithm(ConvAlgorithmChoice::Burn);
     out
 }
 

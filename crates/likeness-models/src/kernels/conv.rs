@@ -73,6 +73,104 @@ pub fn conv_policy() -> ConvPolicy {
     }
 }
 
+/// Which of Burn's implicit-GEMM algorithms the GEMM tier runs (names as
+/// `LIKENESS_CONV_ALGORITHM` takes them: [`Self::name`]). Burn runs one without autotune (the
+/// simple synchronous cyclic one on `cmma`); with autotune it times six (synchronous,
+/// asynchronous and TMA loading, each on `cmma` or PTX `mma`). The others run through a launch of
+/// Likeness' own with the same layout changes as Burn's (NCHW to NHWC and back), and leave a pass
+/// they cannot run to Burn's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConvAlgorithmChoice {
+    /// Burn's own implicit GEMM (`burn`; the default).
+    Burn,
+    SyncCyclic,
+    SyncStridedMma,
+    AsyncCyclic,
+    AsyncCyclicMma,
+    AsyncStrided,
+    AsyncStridedMma,
+    Tma,
+    TmaMma,
+    SpecializedCyclic,
+    SpecializedTma,
+}
+
+impl ConvAlgorithmChoice {
+    /// Every choice, in discriminant order.
+    pub const ALL: [ConvAlgorithmChoice; 11] = [
+        Self::Burn,
+        Self::SyncCyclic,
+        Self::SyncStridedMma,
+        Self::AsyncCyclic,
+        Self::AsyncCyclicMma,
+        Self::AsyncStrided,
+        Self::AsyncStridedMma,
+        Self::Tma,
+        Self::TmaMma,
+        Self::SpecializedCyclic,
+        Self::SpecializedTma,
+    ];
+
+    /// The name `LIKENESS_CONV_ALGORITHM` and the benchmark use ("-mma": PTX `mma` tiles, CUDA
+    /// only; else CubeCL's `cmma`; "tma": Hopper's tensor memory accelerator).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Burn => "burn",
+            Self::SyncCyclic => "sync-cyclic",
+            Self::SyncStridedMma => "sync-strided-mma",
+            Self::AsyncCyclic => "async-cyclic",
+            Self::AsyncCyclicMma => "async-cyclic-mma",
+            Self::AsyncStrided => "async-strided",
+            Self::AsyncStridedMma => "async-strided-mma",
+            Self::Tma => "tma",
+            Self::TmaMma => "tma-mma",
+            Self::SpecializedCyclic => "specialized-cyclic",
+            Self::SpecializedTma => "specialized-tma",
+        }
+    }
+
+    /// The choice of this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+static ALGORITHM: super::Setting = super::Setting::new();
+
+/// The implicit-GEMM algorithm in force: set by [`set_conv_algorithm`], else
+/// `LIKENESS_CONV_ALGORITHM` (an unknown name is warned about and ignored), else
+/// [`ConvAlgorithmChoice::Burn`].
+pub fn conv_algorithm() -> ConvAlgorithmChoice {
+    let from_env = || match std::env::var("LIKENESS_CONV_ALGORITHM") {
+        Ok(name) => ConvAlgorithmChoice::from_name(&name).unwrap_or_else(|| {
+            let names: Vec<_> = ConvAlgorithmChoice::ALL.iter().map(|c| c.name()).collect();
+            tracing::warn!(
+                "LIKENESS_CONV_ALGORITHM={name} is not one of {}; Burn's implicit GEMM runs",
+                names.join(", ")
+            );
+            ConvAlgorithmChoice::Burn
+        }),
+        Err(_) => ConvAlgorithmChoice::Burn,
+    };
+    let v = ALGORITHM.get(|| from_env() as u8);
+    ConvAlgorithmChoice::ALL[usize::from(v).min(ConvAlgorithmChoice::ALL.len() - 1)]
+}
+
+/// Sets the implicit-GEMM algorithm for the rest of the process.
+pub fn set_conv_algorithm(choice: ConvAlgorithmChoice) {
+    ALGORITHM.set(choice as u8);
+}
+
+/// How many passes ran the chosen implicit-GEMM algorithm and how many it left to Burn's:
+/// `[ran, fell back]` (zero without the CubeCL backends).
+pub fn algorithm_counts() -> [u64; 2] {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::conv::algorithm_counts();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    [0; 2]
+}
+
 /// How many convolution passes (forward, data or weight gradient) each tier under
 /// [`ConvPolicy::Gemm`] / [`ConvPolicy::Im2col`] has run in this process: `[implicit GEMM,
 /// im2col (pointwise convolutions' matmuls among them), direct]` (all zero without the CubeCL

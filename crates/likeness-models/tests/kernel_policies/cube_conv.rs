@@ -11,7 +11,8 @@ use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 use common::{ConvCase, assert_close, numbers, tensor, values};
 use likeness_models::kernels::conv::{
-    ConvPolicy, conv2d, set_conv_policy, set_im2col_bytes, tier_counts,
+    ConvAlgorithmChoice, ConvPolicy, algorithm_counts, conv2d, set_conv_algorithm, set_conv_policy,
+    set_im2col_bytes, tier_counts,
 };
 
 type W = burn::backend::Wgpu<f32>;
@@ -110,6 +111,40 @@ fn inference_on_wgpu_matches_burns_conv_on_the_cpu() {
         assert_close(&format!("inference {case:?}"), &values(got), &values(want));
     }
     assert_gemm_tiers();
+}
+
+/// Under an implicit-GEMM algorithm of Likeness' choosing (`LIKENESS_CONV_ALGORITHM`): where it
+/// cannot run (lavapipe has no tensor cores) every pass is left to Burn's implicit GEMM and then
+/// the tiers under it, with Burn's numbers; the counts say which happened.
+#[test]
+fn a_chosen_gemm_algorithm_runs_or_leaves_the_pass_to_burns() {
+    let _serial = crate::matmuls_serial();
+    if skip() {
+        return;
+    }
+    set_conv_algorithm(ConvAlgorithmChoice::AsyncCyclic);
+    let [ran_before, fell_before] = algorithm_counts();
+    for (i, case) in CASES.into_iter().take(3).enumerate() {
+        let seed = 31 + 10 * i as u64;
+        let want = common::conv_grads::<Autodiff<F>>(case, seed, false);
+        let got = common::conv_grads::<Autodiff<W>>(case, seed, true);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(&format!("async-cyclic {case:?} output {k}"), g, w);
+        }
+    }
+    let [ran, fell] = algorithm_counts();
+    set_conv_algorithm(ConvAlgorithmChoice::Burn);
+    println!(
+        "async-cyclic: ran {}, left to Burn's {}",
+        ran - ran_before,
+        fell - fell_before
+    );
+    // Three cases, each a forward, a data and a weight gradient — but the two strided cases'
+    // data gradients, refused before any launch (not counted): 3 + 2 + 2 passes.
+    assert!(
+        (ran - ran_before) + (fell - fell_before) >= 7,
+        "{ran} {fell} {ran_before} {fell_before}"
+    );
 }
 
 /// The output shape the op declares for its stream entry is the one Burn's convolution produces.

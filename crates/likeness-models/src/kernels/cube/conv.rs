@@ -29,7 +29,7 @@ use burn_cubecl::kernel::conv::{
 use burn_cubecl::tensor::CubeTensor;
 
 use super::{Apply, KernelOp, applies, enabled, primitive, tensor};
-use crate::kernels::conv::Pass;
+use crate::kernels::conv::{ConvAlgorithmChoice, Pass};
 use burn::prelude::Backend;
 use burn_cubecl::kernel::into_contiguous;
 
@@ -238,8 +238,8 @@ impl KernelOp<2, 1> for Conv {
         };
         // A pointwise convolution is a matmul already: it goes straight to the tier that runs one.
         let gemm = if self.implicit_gemm && !self.pointwise(&a, &b) {
-            attempt(ConvStrategy::ImplicitGemm)
-                .ok()
+            chosen_gemm(self, &a, &b)
+                .or_else(|| attempt(ConvStrategy::ImplicitGemm).ok())
                 .inspect(|_| count(0))
         } else {
             None
@@ -252,6 +252,111 @@ impl KernelOp<2, 1> for Conv {
                     .unwrap_or_else(|e| panic!("convolution {self:?}: {e:?}"))
             });
         [out]
+    }
+}
+
+/// Passes the chosen implicit-GEMM algorithm ran, and those it left to Burn's.
+static ALGORITHMS: super::Tally<2> = super::Tally::new();
+
+/// `[ran the chosen algorithm, left it to Burn's]` (see [`ConvAlgorithmChoice`]).
+pub fn algorithm_counts() -> [u64; 2] {
+    ALGORITHMS.get()
+}
+
+/// The pass on the implicit-GEMM algorithm `LIKENESS_CONV_ALGORITHM` names, through cubek's
+/// launcher on NHWC copies (as Burn's implicit GEMM runs); `None` under
+/// [`ConvAlgorithmChoice::Burn`] and where the algorithm refuses the pass (no tensor cores, a
+/// stride the data gradient's GEMM does not take, …).
+fn chosen_gemm<R: CubeRuntime>(
+    conv: &Conv,
+    a: &CubeTensor<R>,
+    b: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    use ConvAlgorithmChoice as C;
+    use burn_cubecl::ops::{
+        permute_nchw_to_nhwc, permute_nchw_to_nhwc_shape, permute_nhwc_to_nchw,
+    };
+    use cubek::convolution::{
+        AcceleratedTileKind as Kind, ConvAlgorithm as Algo, ConvolutionArgs, ConvolutionInputs,
+        Strategy, launch_ref,
+    };
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::std::InputBinding;
+
+    let choice = crate::kernels::conv::conv_algorithm();
+    let (algorithm, tile_kind) = match choice {
+        C::Burn => return None,
+        C::SyncCyclic => (Algo::SimpleSyncCyclic, Kind::Cmma),
+        C::SyncStridedMma => (Algo::SimpleSyncStrided, Kind::Mma),
+        C::AsyncCyclic => (Algo::SimpleAsyncCyclic, Kind::Cmma),
+        C::AsyncCyclicMma => (Algo::SimpleAsyncCyclic, Kind::Mma),
+        C::AsyncStrided => (Algo::SimpleAsyncStrided, Kind::Cmma),
+        C::AsyncStridedMma => (Algo::SimpleAsyncStrided, Kind::Mma),
+        C::Tma => (Algo::SimpleAsyncTma, Kind::Cmma),
+        C::TmaMma => (Algo::SimpleAsyncTma, Kind::Mma),
+        C::SpecializedCyclic => (Algo::SpecializedAsyncCyclic, Kind::Cmma),
+        C::SpecializedTma => (Algo::SpecializedTma, Kind::Cmma),
+    };
+    // Burn's launcher refuses these before cubek sees them (the data gradient's GEMM takes
+    // stride 1 only).
+    let strided_data = conv.pass == Pass::Data && conv.stride != [1, 1];
+    if conv.groups != 1 || a.dtype != b.dtype || strided_data {
+        return None;
+    }
+    let strategy = Strategy::Inferred {
+        algorithm,
+        tile_kind,
+    };
+    let args = ConvolutionArgs {
+        stride: conv.stride,
+        padding: conv.padding,
+        dilation: conv.dilation,
+    };
+    let dtype = a.dtype;
+    let dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: dtype.into(),
+        rhs: dtype.into(),
+        out: dtype.into(),
+    });
+    let input = |t: CubeTensor<R>| InputBinding::new(t.binding(), dtype.into());
+    let client = a.client.clone();
+    let nhwc_out = permute_nchw_to_nhwc_shape(Shape::new(conv.out));
+    let out = super::empty(a, nhwc_out, dtype);
+    let (a, b) = (
+        permute_nchw_to_nhwc(a.clone()),
+        permute_nchw_to_nhwc(b.clone()),
+    );
+    let inputs = match conv.pass {
+        Pass::Forward => ConvolutionInputs::Forward {
+            input: input(a),
+            weight: input(b),
+            bias: None,
+            out: out.clone().binding(),
+        },
+        Pass::Data => ConvolutionInputs::BackwardData {
+            out_grad: input(a),
+            weights: input(b),
+            in_grad: out.clone().binding(),
+        },
+        Pass::Weight => ConvolutionInputs::BackwardWeight {
+            input: input(a),
+            out_grad: input(b),
+            weight_grad: out.clone().binding(),
+        },
+    };
+    match launch_ref::<R, 2>(&strategy, &client, inputs, args, dtypes) {
+        Ok(()) => {
+            ALGORITHMS.add(0);
+            Some(permute_nhwc_to_nchw(out))
+        }
+        Err(err) => {
+            tracing::debug!(
+                "conv algorithm {choice:?} refused {:?} ({err:?})",
+                conv.pass
+            );
+            ALGORITHMS.add(1);
+            None
+        }
     }
 }
 
