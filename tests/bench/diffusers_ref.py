@@ -6,6 +6,7 @@ weights, printed as the same table so the two can be set side by side.
     python tests/bench/diffusers_ref.py --only ops          # single layers, as `likeness bench --only ops`
     python tests/bench/diffusers_ref.py --only unet --profile   # layer-by-layer UNet forward
     python tests/bench/diffusers_ref.py --only db-step --profile  # + one step by phase and op
+    python tests/bench/diffusers_ref.py --only dpo-step     # one Diffusion-DPO step on a pair
 
 Needs torch, diffusers==0.35.2, transformers==4.57.1 (tests/fixtures/requirements.txt), and
 peft==0.17.1 for db-step. No hub
@@ -55,7 +56,8 @@ def main():
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--only", default="all", choices=["unet", "generate", "all", "ops", "db-step"])
+    ap.add_argument("--only", default="all",
+                    choices=["unet", "generate", "all", "ops", "db-step", "dpo-step"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--tokenizer", default="tests/fixtures/data/tokenizer")
@@ -75,6 +77,9 @@ def main():
     unet = UNet2DConditionModel(**SD15_UNET).to(dev, dtype).eval()
     if a.only == "db-step":
         db_step(a, unet, dtype, label)
+        return
+    if a.only == "dpo-step":
+        dpo_step(a, unet, dtype, label)
         return
     rows = []
     lat = a.size // 8
@@ -351,6 +356,60 @@ def db_step(a, unet, dtype, label):
             print(f"step profile failed: {type(e).__name__}: {e}", flush=True)
             rows.append((f"step profile: failed ({type(e).__name__})", [0.0, 0.0]))
     print_rows(a, rows, label)
+
+
+def dpo_step(a, unet, dtype, label, beta=5000.0):
+    """One Diffusion-DPO step on one pair, as diffusers' train_diffusion_dpo.py takes it and as
+    `likeness bench --only dpo-step` times it: winner and loser latents (random) noised with the
+    same noise and timestep, the LoRA model on both with gradients, the reference (the adapters
+    off) on both without, the sigmoid loss on the difference of differences, backward, clip 1.0,
+    AdamW on PEFT rank-4 attention LoRA."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    dev = a.device
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          num_train_timesteps=1000)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.train()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    lat = a.size // 8
+    latents = torch.randn(2, 4, lat, lat, device=dev, dtype=dtype)  # winner, loser
+    ctx = torch.randn(1, 77, 768, device=dev, dtype=dtype).repeat(2, 1, 1)
+
+    def per_sample(pred, target):
+        return ((pred.float() - target.float()) ** 2).mean(dim=[1, 2, 3])
+
+    def step():
+        noise = torch.randn_like(latents[:1]).repeat(2, 1, 1, 1)
+        t = torch.randint(0, 1000, (1,), device=dev).long().repeat(2)
+        noisy = sched.add_noise(latents, noise, t)
+        err = per_sample(unet(noisy, t, ctx).sample, noise)
+        with torch.no_grad():
+            unet.disable_adapters()
+            ref = per_sample(unet(noisy, t, ctx).sample, noise)
+            unet.enable_adapters()
+        inside = -0.5 * beta * ((err[0] - err[1]) - (ref[0] - ref[1]))
+        loss = -torch.nn.functional.logsigmoid(inside)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    times = []
+    for i in range(a.iters + 1):
+        sync(dev)
+        t0 = time.perf_counter()
+        step()
+        sync(dev)
+        ms = (time.perf_counter() - t0) * 1e3
+        print(f"dpo step {i}: {ms:.1f} ms", flush=True)
+        times.append(ms)
+    name = f"DPO step (4 UNet passes + backward + AdamW, LoRA r4), 1 pair, {a.size}px"
+    print_rows(a, [(name, times)], label)
 
 
 def profile_step(step, dev):

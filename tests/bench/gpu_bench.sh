@@ -185,7 +185,10 @@ item db-bf16-b1 100 likeness-noownattn $LN --precision bf16 --only db-step --bat
 # The step's gap op by op: one more step by phase, forward by layer kind, backward by op (Likeness:
 # its own autodiff ops synchronised; diffusers: torch.profiler's device time per autograd function).
 item db-bf16-b1-profile 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 2 --profile
-item db-bf16-b1-profile 120 likeness $L --precision bf16 --only db-step --batch 1 --iters 2 --profile
+# Likeness' side with the linear layers' matmuls through Likeness' op (the fastest algorithm
+# found above, else Burn's default one), so that the backward's matmuls are a row of their own
+# ("linear bwd") rather than part of "bwd other".
+item db-bf16-b1-profile 120 "likeness-mm-${best:-auto}" env LIKENESS_MATMUL="${best:-auto}" $L --precision bf16 --only db-step --batch 1 --iters 2 --profile
 item infer-bf16 90 diffusers $P --precision bf16 --iters 3
 item infer-bf16 150 likeness $L --precision bf16 --iters "${GEN_ITERS:-2}"
 item ops-bf16 60 diffusers $P --precision bf16 --only ops --iters 5
@@ -194,6 +197,7 @@ item infer-bf16 100 likeness-noownattn $LN --precision bf16 --only unet --iters 
 item db-bf16-b1 100 likeness-im2col $LI --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-burnconv $LB --precision bf16 --only db-step --batch 1 --iters 3
 item infer-bf16 120 likeness-unfused $LU --precision bf16 --only unet --iters 1 --profile
+item dpo-bf16 60 diffusers $P --precision bf16 --only dpo-step --iters 4
 item dpo-bf16 100 likeness $L --precision bf16 --only dpo-step --iters 4
 item ops-bf16 100 likeness-flashoff $LF --precision bf16 --only ops --iters 5
 item ops-bf16 150 likeness-ownattn $LA --precision bf16 --only ops --iters 5

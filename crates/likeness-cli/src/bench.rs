@@ -664,49 +664,83 @@ fn matmuls<B: Backend>(
         let err = (got - want.clone()).abs().max().into_scalar().elem::<f64>() / scale;
         let xg = x.clone().require_grad();
         let wg = w.clone().require_grad();
-        let mut fwd = Vec::new();
-        let mut both = Vec::new();
-        for _ in 0..=a.iters.max(2) {
-            fwd.push(time::<B>(device, || {
+        let times = timed_pair::<B>(
+            device,
+            a.iters,
+            &mut || {
                 let _ = matmul(x.clone(), w.clone()).sum().into_data();
-            }));
-            both.push(time::<B>(device, || {
+            },
+            &mut || {
                 let g = matmul(xg.clone(), wg.clone()).sum().backward();
                 let _ = wg.grad(&g).map(|t| t.sum().into_data());
                 let _ = xg.grad(&g).map(|t| t.sum().into_data());
-            }));
-        }
-        let fell = matmul_counts()[1] - fell_before;
-        let note = if fell > 0 {
-            format!(" (fell back ×{fell})")
-        } else {
-            String::new()
-        };
-        let name = choice.name();
-        let shape = format!("[{rows_n}, 320] × [320, 2560]");
-        eprintln!(
-            "matmul {name}: fwd {:.2} ms, fwd+bwd {:.2} ms, error {err:.1e}{note}",
-            fwd[1..].iter().sum::<f64>() / (fwd.len() - 1) as f64,
-            both[1..].iter().sum::<f64>() / (both.len() - 1) as f64,
+            },
         );
-        out.push(row(
-            &format!("matmul {name} {shape} fwd{note}"),
+        out.extend(algorithm_rows(
             label,
-            &fwd,
-        ));
-        out.push(row(
-            &format!("matmul {name} {shape} fwd+bwd{note}"),
-            label,
-            &both,
-        ));
-        out.push(row(
-            &format!("check: matmul {name} max error / max vs burn (×1000 in ms columns)"),
-            label,
-            &[err * 1e3],
+            (
+                "matmul",
+                choice.name(),
+                &format!("[{rows_n}, 320] × [320, 2560]"),
+            ),
+            times,
+            matmul_counts()[1] - fell_before,
+            (err, "vs burn"),
         ));
     }
     set_matmul_choice(MatmulChoice::Burn);
     out
+}
+
+/// Forward and forward + backward times (the first of each untimed, a warm-up), interleaved.
+fn timed_pair<B: Backend>(
+    device: &B::Device,
+    iters: usize,
+    fwd: &mut dyn FnMut(),
+    both: &mut dyn FnMut(),
+) -> [Vec<f64>; 2] {
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..=iters.max(2) {
+        times[0].push(time::<B>(device, &mut *fwd));
+        times[1].push(time::<B>(device, &mut *both));
+    }
+    times
+}
+
+/// The rows of one algorithm in `bench --only matmuls|convs`: `(kind, algorithm, shape)`, its
+/// forward and forward + backward times, how many of its launches fell back to Burn's default,
+/// and its error (with what it was measured against) as a check row, ×1000 in the ms columns.
+fn algorithm_rows(
+    label: &str,
+    (kind, name, shape): (&str, &str, &str),
+    [fwd, both]: [Vec<f64>; 2],
+    fell: u64,
+    (err, against): (f64, &str),
+) -> [Row; 3] {
+    let note = if fell > 0 {
+        format!(" (fell back ×{fell})")
+    } else {
+        String::new()
+    };
+    let mean = |t: &[f64]| t[1..].iter().sum::<f64>() / (t.len() - 1).max(1) as f64;
+    eprintln!(
+        "{kind} {name}: fwd {:.2} ms, fwd+bwd {:.2} ms, error {err:.1e}{note}",
+        mean(&fwd),
+        mean(&both)
+    );
+    [
+        row(&format!("{kind} {name} {shape} fwd{note}"), label, &fwd),
+        row(
+            &format!("{kind} {name} {shape} fwd+bwd{note}"),
+            label,
+            &both,
+        ),
+        row(
+            &format!("check: {kind} {name} max error / max {against} (×1000 in ms columns)"),
+            label,
+            &[err * 1e3],
+        ),
+    ]
 }
 
 /// The resnets' 3×3 convolution 320 → 320 over `[2, 320, size/8, size/8]` (in the asked dtype)
@@ -763,51 +797,31 @@ fn convs<B: Backend>(
         );
         let xg = x.clone().require_grad();
         let wg = w.clone().require_grad();
-        let mut fwd = Vec::new();
-        let mut both = Vec::new();
-        for _ in 0..=a.iters.max(2) {
-            fwd.push(time::<B>(device, || {
+        let times = timed_pair::<B>(
+            device,
+            a.iters,
+            &mut || {
                 let _ = conv2d(x.clone(), w.clone(), None, opts.clone())
                     .sum()
                     .into_data();
-            }));
-            both.push(time::<B>(device, || {
+            },
+            &mut || {
                 let g = conv2d(xg.clone(), wg.clone(), None, opts.clone())
                     .sum()
                     .backward();
                 let _ = wg.grad(&g).map(|t| t.sum().into_data());
                 let _ = xg.grad(&g).map(|t| t.sum().into_data());
-            }));
-        }
-        let fell = algorithm_counts()[1] - fell_before;
-        let note = if fell > 0 {
-            format!(" (fell back ×{fell})")
-        } else {
-            String::new()
-        };
-        let name = choice.name();
-        eprintln!(
-            "conv3x3 {name}: fwd {:.2} ms, fwd+bwd {:.2} ms, error y {e_y:.1e} dx {e_dx:.1e}{note}",
-            fwd[1..].iter().sum::<f64>() / (fwd.len() - 1) as f64,
-            both[1..].iter().sum::<f64>() / (both.len() - 1) as f64,
+            },
         );
-        out.push(row(
-            &format!("conv3x3 {name} {shape} fwd{note}"),
+        out.extend(algorithm_rows(
             label,
-            &fwd,
-        ));
-        out.push(row(
-            &format!("conv3x3 {name} {shape} fwd+bwd{note}"),
-            label,
-            &both,
-        ));
-        out.push(row(
-            &format!(
-                "check: conv3x3 {name} max error / max vs Burn's conv2d (×1000 in ms columns: \
-                 the larger of y {e_y:.1e} and dx {e_dx:.1e})"
+            ("conv3x3", choice.name(), &shape),
+            times,
+            algorithm_counts()[1] - fell_before,
+            (
+                e_y.max(e_dx),
+                &format!("vs Burn's conv2d (the larger of y {e_y:.1e} and dx {e_dx:.1e})"),
             ),
-            label,
-            &[e_y.max(e_dx) * 1e3],
         ));
     }
     set_conv_algorithm(ConvAlgorithmChoice::Burn);

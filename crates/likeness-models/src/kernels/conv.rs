@@ -142,19 +142,12 @@ static ALGORITHM: super::Setting = super::Setting::new();
 /// `LIKENESS_CONV_ALGORITHM` (an unknown name is warned about and ignored), else
 /// [`ConvAlgorithmChoice::Burn`].
 pub fn conv_algorithm() -> ConvAlgorithmChoice {
-    let from_env = || match std::env::var("LIKENESS_CONV_ALGORITHM") {
-        Ok(name) => ConvAlgorithmChoice::from_name(&name).unwrap_or_else(|| {
-            let names: Vec<_> = ConvAlgorithmChoice::ALL.iter().map(|c| c.name()).collect();
-            tracing::warn!(
-                "LIKENESS_CONV_ALGORITHM={name} is not one of {}; Burn's implicit GEMM runs",
-                names.join(", ")
-            );
-            ConvAlgorithmChoice::Burn
-        }),
-        Err(_) => ConvAlgorithmChoice::Burn,
-    };
-    let v = ALGORITHM.get(|| from_env() as u8);
-    ConvAlgorithmChoice::ALL[usize::from(v).min(ConvAlgorithmChoice::ALL.len() - 1)]
+    super::named_choice(
+        &ALGORITHM,
+        "LIKENESS_CONV_ALGORITHM",
+        &ConvAlgorithmChoice::ALL,
+        ConvAlgorithmChoice::name,
+    )
 }
 
 /// Sets the implicit-GEMM algorithm for the rest of the process.
@@ -416,5 +409,21 @@ fn tracked<I: Backend, C: CheckpointStrategy>(
             )
         }
         OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive, w.primitive)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConvAlgorithmChoice;
+
+    /// Names round-trip and are distinct; the setting's stored discriminant indexes `ALL`.
+    #[test]
+    fn algorithm_names_round_trip_in_discriminant_order() {
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in ConvAlgorithmChoice::ALL.into_iter().enumerate() {
+            assert_eq!(ConvAlgorithmChoice::from_name(c.name()), Some(c));
+            assert!(names.insert(c.name()));
+            assert_eq!(c as usize, i);
+        }
     }
 }

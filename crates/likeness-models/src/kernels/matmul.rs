@@ -117,19 +117,12 @@ static CHOICE: super::Setting = super::Setting::new();
 /// [`MatmulChoice::name`]; an unknown one is warned about and ignored), else
 /// [`MatmulChoice::Burn`].
 pub fn matmul_choice() -> MatmulChoice {
-    let from_env = || match std::env::var("LIKENESS_MATMUL") {
-        Ok(name) => MatmulChoice::from_name(&name).unwrap_or_else(|| {
-            let names: Vec<_> = MatmulChoice::ALL.iter().map(|c| c.name()).collect();
-            tracing::warn!(
-                "LIKENESS_MATMUL={name} is not one of {}; Burn's matmul runs",
-                names.join(", ")
-            );
-            MatmulChoice::Burn
-        }),
-        Err(_) => MatmulChoice::Burn,
-    };
-    let v = CHOICE.get(|| from_env() as u8);
-    MatmulChoice::ALL[usize::from(v).min(MatmulChoice::ALL.len() - 1)]
+    super::named_choice(
+        &CHOICE,
+        "LIKENESS_MATMUL",
+        &MatmulChoice::ALL,
+        MatmulChoice::name,
+    )
 }
 
 /// Sets the choice for the rest of the process.

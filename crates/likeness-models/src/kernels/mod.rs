@@ -67,6 +67,34 @@ impl Setting {
     }
 }
 
+/// One of `all` (in discriminant order, the first the default) held in `setting`: set there,
+/// else named by environment variable `var` (`name` gives each one's name; an unknown name is
+/// warned about and the default kept).
+fn named_choice<T: Copy>(
+    setting: &Setting,
+    var: &str,
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> T {
+    let from_env = || {
+        let Ok(wanted) = std::env::var(var) else {
+            return 0;
+        };
+        all.iter()
+            .position(|&c| name(c) == wanted)
+            .unwrap_or_else(|| {
+                let names: Vec<_> = all.iter().map(|&c| name(c)).collect();
+                tracing::warn!(
+                    "{var}={wanted} is not one of {}; {} runs",
+                    names.join(", "),
+                    name(all[0])
+                );
+                0
+            }) as u8
+    };
+    all[usize::from(setting.get(from_env)).min(all.len() - 1)]
+}
+
 /// Whether Likeness' CubeCL kernels run on backend `I` (a CubeCL backend, kernels on).
 fn cube_applies<I: Backend>() -> bool {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -147,7 +175,37 @@ impl<B: Backend, const D: usize> ToDtype for Tensor<B, D> {
 
 #[cfg(test)]
 mod tests {
-    use super::Setting;
+    use super::{Setting, named_choice};
+
+    /// A choice from its variable's name; an unknown name or none gives the first.
+    #[test]
+    fn a_named_choice_is_read_from_the_environment() {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum C {
+            A,
+            B,
+        }
+        let name = |c: C| match c {
+            C::A => "a",
+            C::B => "b",
+        };
+        // SAFETY: these variables are this test's own; nothing else reads or writes them.
+        unsafe {
+            std::env::set_var("LIKENESS_TEST_CHOICE_KNOWN", "b");
+            std::env::set_var("LIKENESS_TEST_CHOICE_UNKNOWN", "c");
+        }
+        let all = [C::A, C::B];
+        let pick = |var| named_choice(&Setting::new(), var, &all, name);
+        assert_eq!(pick("LIKENESS_TEST_CHOICE_KNOWN"), C::B);
+        assert_eq!(pick("LIKENESS_TEST_CHOICE_UNKNOWN"), C::A);
+        assert_eq!(pick("LIKENESS_TEST_CHOICE_UNSET"), C::A);
+        let set = Setting::new();
+        set.set(1);
+        assert_eq!(
+            named_choice(&set, "LIKENESS_TEST_CHOICE_UNSET", &all, name),
+            C::B
+        );
+    }
 
     /// Decided once on first read; a `set` wins over the decision, before or after it.
     #[test]
