@@ -294,12 +294,42 @@ def peak_mib(dev):
     return None
 
 
+def train_lora(unet, lr, checkpointing=False):
+    """The UNet frozen with PEFT rank-4 LoRA on its attention projections (as Likeness trains),
+    in training mode; returns the adapters' parameters and their AdamW (PyTorch's defaults but
+    weight decay 1e-2, as the training scripts)."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.train()
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    return params, opt
+
+
+def timed_steps(step, a, what):
+    """`a.iters + 1` calls of `step` (the first a warm-up), synchronised, in ms."""
+    times = []
+    for i in range(a.iters + 1):
+        sync(a.device)
+        t0 = time.perf_counter()
+        step()
+        sync(a.device)
+        ms = (time.perf_counter() - t0) * 1e3
+        print(f"{what} {i}: {ms:.1f} ms", flush=True)
+        times.append(ms)
+    return times
+
+
 def db_step(a, unet, dtype, label):
     """One DreamBooth LoRA step as train_dreambooth_lora.py takes it, latents given (random,
     standing in for cached VAE latents): text encoder without grad, noise at random timesteps,
     UNet with PEFT rank-4 attention LoRA, MSE to the noise, backward, clip 1.0, AdamW."""
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
 
     dev = a.device
     # The VAE is loaded as the training script loads it, so peak memory holds the same parts.
@@ -308,14 +338,7 @@ def db_step(a, unet, dtype, label):
     tok = CLIPTokenizer.from_pretrained(a.tokenizer)
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           num_train_timesteps=1000)
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-    unet.train()
-    if a.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    params, opt = train_lora(unet, 1e-4, a.gradient_checkpointing)
     lat = a.size // 8
     latents = torch.randn(a.batch, 4, lat, lat, device=dev, dtype=dtype)
     ids = tok(["a photo of sks dog"] * a.batch, padding="max_length", max_length=77,
@@ -337,15 +360,7 @@ def db_step(a, unet, dtype, label):
         opt.zero_grad()
         mark("clipping + AdamW")
 
-    times = []
-    for i in range(a.iters + 1):
-        sync(dev)
-        t0 = time.perf_counter()
-        step()
-        sync(dev)
-        ms = (time.perf_counter() - t0) * 1e3
-        print(f"db step {i}: {ms:.1f} ms", flush=True)
-        times.append(ms)
+    times = timed_steps(step, a, "db step")
     ck = ", grad ckpt" if a.gradient_checkpointing else ""
     name = f"DreamBooth LoRA step (r4, text enc + UNet fwd/bwd + AdamW{ck}), batch {a.batch}, {a.size}px"
     rows = [(name, times)]
@@ -365,17 +380,11 @@ def dpo_step(a, unet, dtype, label, beta=5000.0):
     off) on both without, the sigmoid loss on the difference of differences, backward, clip 1.0,
     AdamW on PEFT rank-4 attention LoRA."""
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
 
     dev = a.device
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           num_train_timesteps=1000)
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-    unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    params, opt = train_lora(unet, 1e-5)
     lat = a.size // 8
     latents = torch.randn(2, 4, lat, lat, device=dev, dtype=dtype)  # winner, loser
     ctx = torch.randn(1, 77, 768, device=dev, dtype=dtype).repeat(2, 1, 1)
@@ -399,15 +408,7 @@ def dpo_step(a, unet, dtype, label, beta=5000.0):
         opt.step()
         opt.zero_grad()
 
-    times = []
-    for i in range(a.iters + 1):
-        sync(dev)
-        t0 = time.perf_counter()
-        step()
-        sync(dev)
-        ms = (time.perf_counter() - t0) * 1e3
-        print(f"dpo step {i}: {ms:.1f} ms", flush=True)
-        times.append(ms)
+    times = timed_steps(step, a, "dpo step")
     name = f"DPO step (4 UNet passes + backward + AdamW, LoRA r4), 1 pair, {a.size}px"
     print_rows(a, [(name, times)], label)
 
