@@ -535,7 +535,7 @@ fn ops<B: Backend>(
     // device, 3×3 and 1×1 (the kernels' parity tests run on the CPU's Vulkan, which has no tensor
     // cores); max error over max value of y and dx.
     let check = {
-        let rel = max_rel_err::<AB<B>>;
+        let rel = max_rel_err::<AB<B>, 4>;
         let errors = |w: &Tensor<AB<B>, 4>, opts: &burn::tensor::ops::ConvOptions<2>| {
             let xr = x.clone().require_grad();
             let y_op =
@@ -649,19 +649,12 @@ fn matmuls<B: Backend>(
     );
     set_matmul_choice(MatmulChoice::Burn);
     let want = x.clone().matmul(w.clone()).cast(burn::tensor::DType::F32);
-    let scale = want
-        .clone()
-        .abs()
-        .max()
-        .into_scalar()
-        .elem::<f64>()
-        .max(1e-30);
     let mut out = Vec::new();
-    for choice in MatmulChoice::ALL {
+    for &choice in MatmulChoice::ALL {
         set_matmul_choice(choice);
         let [_, fell_before] = matmul_counts();
         let got = matmul(x.clone(), w.clone()).cast(burn::tensor::DType::F32);
-        let err = (got - want.clone()).abs().max().into_scalar().elem::<f64>() / scale;
+        let err = max_rel_err(got, want.clone());
         let xg = x.clone().require_grad();
         let wg = w.clone().require_grad();
         let times = timed_pair::<B>(
@@ -787,7 +780,7 @@ fn convs<B: Backend>(
     let (want_y, want_dx) = y_and_dx(false);
     let shape = format!("[2, 320, {lat}, {lat}]");
     let mut out = Vec::new();
-    for choice in ConvAlgorithmChoice::ALL {
+    for &choice in ConvAlgorithmChoice::ALL {
         set_conv_algorithm(choice);
         let [_, fell_before] = algorithm_counts();
         let (y, dx) = y_and_dx(true);
@@ -829,7 +822,7 @@ fn convs<B: Backend>(
 }
 
 /// max |a − b| / max |b|, on the device (only the two maxima are read back).
-fn max_rel_err<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f64 {
+fn max_rel_err<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
     let scale = b.clone().abs().max().into_scalar().elem::<f64>().max(1e-30);
     (a - b).abs().max().into_scalar().elem::<f64>() / scale
 }

@@ -111,34 +111,32 @@ struct FusedAttention;
 /// the scores would cost the most memory.
 pub const KERNEL_MIN_SCORES: usize = 1 << 22;
 
-/// Which attentions the CubeCL kernels take (where they apply at all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelPolicy {
-    /// Those with at least [`KERNEL_MIN_SCORES`] scores per head (the default).
-    BySize,
-    /// Every one (`LIKENESS_ATTENTION_KERNEL=always`; the kernels' tests and benchmarks).
-    Always,
-    /// None (`LIKENESS_ATTENTION_KERNEL=never`): every attention to Burn's kernels under the
-    /// [`FlashPolicy`] and the blocked backward — on tensor cores in half precision, where the
-    /// kernels here run none (to measure one against the other at SD's largest attention).
-    Never,
+named_choices! {
+    /// Which attentions the CubeCL kernels take (where they apply at all).
+    pub enum KernelPolicy {
+        /// Those with at least [`KERNEL_MIN_SCORES`] scores per head (the default).
+        BySize = "by-size",
+        /// Every one (`LIKENESS_ATTENTION_KERNEL=always`; the kernels' tests and benchmarks).
+        Always = "always",
+        /// None (`LIKENESS_ATTENTION_KERNEL=never`): every attention to Burn's kernels under the
+        /// [`FlashPolicy`] and the blocked backward — on tensor cores in half precision, where the
+        /// kernels here run none (to measure one against the other at SD's largest attention).
+        Never = "never",
+    }
 }
 
 static POLICY: super::Setting = super::Setting::new();
 
-/// The policy in force: set by [`set_kernel_policy`], else `LIKENESS_ATTENTION_KERNEL`
-/// (`always`, `never`), else [`KernelPolicy::BySize`].
+/// The policy in force: set by [`set_kernel_policy`], else `LIKENESS_ATTENTION_KERNEL` (a name
+/// of [`KernelPolicy::name`]; an unknown one is warned about and ignored), else
+/// [`KernelPolicy::BySize`].
 pub fn kernel_policy() -> KernelPolicy {
-    let from_env = || match std::env::var("LIKENESS_ATTENTION_KERNEL").as_deref() {
-        Ok("always") => KernelPolicy::Always,
-        Ok("never") => KernelPolicy::Never,
-        _ => KernelPolicy::BySize,
-    };
-    match POLICY.get(|| from_env() as u8) {
-        1 => KernelPolicy::Always,
-        2 => KernelPolicy::Never,
-        _ => KernelPolicy::BySize,
-    }
+    super::named_choice(
+        &POLICY,
+        "LIKENESS_ATTENTION_KERNEL",
+        KernelPolicy::ALL,
+        KernelPolicy::name,
+    )
 }
 
 /// Sets the policy for the rest of the process.

@@ -73,66 +73,26 @@ pub fn conv_policy() -> ConvPolicy {
     }
 }
 
-/// Which of Burn's implicit-GEMM algorithms the GEMM tier runs (names as
-/// `LIKENESS_CONV_ALGORITHM` takes them: [`Self::name`]). Burn runs one without autotune (the
-/// simple synchronous cyclic one on `cmma`); with autotune it times six (synchronous,
-/// asynchronous and TMA loading, each on `cmma` or PTX `mma`). The others run through a launch of
-/// Likeness' own with the same layout changes as Burn's (NCHW to NHWC and back), and leave a pass
-/// they cannot run to Burn's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConvAlgorithmChoice {
-    /// Burn's own implicit GEMM (`burn`; the default).
-    Burn,
-    SyncCyclic,
-    SyncStridedMma,
-    AsyncCyclic,
-    AsyncCyclicMma,
-    AsyncStrided,
-    AsyncStridedMma,
-    Tma,
-    TmaMma,
-    SpecializedCyclic,
-    SpecializedTma,
-}
-
-impl ConvAlgorithmChoice {
-    /// Every choice, in discriminant order.
-    pub const ALL: [ConvAlgorithmChoice; 11] = [
-        Self::Burn,
-        Self::SyncCyclic,
-        Self::SyncStridedMma,
-        Self::AsyncCyclic,
-        Self::AsyncCyclicMma,
-        Self::AsyncStrided,
-        Self::AsyncStridedMma,
-        Self::Tma,
-        Self::TmaMma,
-        Self::SpecializedCyclic,
-        Self::SpecializedTma,
-    ];
-
-    /// The name `LIKENESS_CONV_ALGORITHM` and the benchmark use ("-mma": PTX `mma` tiles, CUDA
-    /// only; else CubeCL's `cmma`; "tma": Hopper's tensor memory accelerator).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Burn => "burn",
-            Self::SyncCyclic => "sync-cyclic",
-            Self::SyncStridedMma => "sync-strided-mma",
-            Self::AsyncCyclic => "async-cyclic",
-            Self::AsyncCyclicMma => "async-cyclic-mma",
-            Self::AsyncStrided => "async-strided",
-            Self::AsyncStridedMma => "async-strided-mma",
-            Self::Tma => "tma",
-            Self::TmaMma => "tma-mma",
-            Self::SpecializedCyclic => "specialized-cyclic",
-            Self::SpecializedTma => "specialized-tma",
-        }
-    }
-
-    /// The choice of this name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
+named_choices! {
+    /// Which of Burn's implicit-GEMM algorithms the GEMM tier runs (`LIKENESS_CONV_ALGORITHM`
+    /// takes the names; "-mma": PTX `mma` tiles, CUDA only, else CubeCL's `cmma`; "tma": Hopper's
+    /// tensor memory accelerator). Burn runs one without autotune (the simple synchronous cyclic
+    /// one on `cmma`); with autotune it times six (synchronous, asynchronous and TMA loading, each
+    /// on `cmma` or `mma`). The others run through a launch of Likeness' own with the same layout
+    /// changes as Burn's (NCHW to NHWC and back), and leave a pass they cannot run to Burn's.
+    pub enum ConvAlgorithmChoice {
+        /// Burn's own implicit GEMM (the default).
+        Burn = "burn",
+        SyncCyclic = "sync-cyclic",
+        SyncStridedMma = "sync-strided-mma",
+        AsyncCyclic = "async-cyclic",
+        AsyncCyclicMma = "async-cyclic-mma",
+        AsyncStrided = "async-strided",
+        AsyncStridedMma = "async-strided-mma",
+        Tma = "tma",
+        TmaMma = "tma-mma",
+        SpecializedCyclic = "specialized-cyclic",
+        SpecializedTma = "specialized-tma",
     }
 }
 
@@ -145,7 +105,7 @@ pub fn conv_algorithm() -> ConvAlgorithmChoice {
     super::named_choice(
         &ALGORITHM,
         "LIKENESS_CONV_ALGORITHM",
-        &ConvAlgorithmChoice::ALL,
+        ConvAlgorithmChoice::ALL,
         ConvAlgorithmChoice::name,
     )
 }
@@ -420,7 +380,7 @@ mod tests {
     #[test]
     fn algorithm_names_round_trip_in_discriminant_order() {
         let mut names = std::collections::HashSet::new();
-        for (i, c) in ConvAlgorithmChoice::ALL.into_iter().enumerate() {
+        for (i, &c) in ConvAlgorithmChoice::ALL.iter().enumerate() {
             assert_eq!(ConvAlgorithmChoice::from_name(c.name()), Some(c));
             assert!(names.insert(c.name()));
             assert_eq!(c as usize, i);

@@ -981,7 +981,7 @@ pub(super) fn matmul_apply<I: Backend>(
     if rhs.dtype() != dtype {
         return None;
     }
-    let shape = matmul::output_shape_of(lhs.shape().as_slice(), rhs.shape().as_slice())?;
+    let shape = matmul::output_shape(lhs.shape().as_slice(), rhs.shape().as_slice())?;
     let [out] = Apply::<I, 2, 1, _> {
         name: "likeness_matmul",
         inputs: [lhs, rhs],

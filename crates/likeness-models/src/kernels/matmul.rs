@@ -23,91 +23,34 @@ use burn::tensor::ops::FloatTensor;
 
 use super::{downcast, float, for_each_autodiff_backend, wrap};
 
-/// Which of Burn's matmul algorithms runs (names as `LIKENESS_MATMUL` takes them: [`Self::name`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum MatmulChoice {
-    /// Burn's matmul as Burn calls it (`burn`; the default).
-    Burn,
-    /// Burn's default algorithm through Likeness' op (`auto`): what the op itself costs.
-    Auto,
-    SimpleCyclic,
-    SimpleCyclicMultiRow,
-    SimpleCyclicMma,
-    DoubleCyclic,
-    DoubleCyclicSpecialized,
-    DoubleCyclicMma,
-    OrderedDouble4,
-    OrderedDouble8,
-    OrderedDouble8Mma,
-    SpecializedCyclic,
-    SpecializedCyclicMma,
-    SimpleTma,
-    SimpleTmaMultiRow,
-    SpecializedTma,
-    SimpleUnitMax,
-    SimpleUnitMin,
-    DoubleUnitMax,
-    DoubleUnitMin,
-}
-
-impl MatmulChoice {
-    /// Every choice, in the order of [`Self::name`]'s list.
-    pub const ALL: [MatmulChoice; 20] = [
-        Self::Burn,
-        Self::Auto,
-        Self::SimpleCyclic,
-        Self::SimpleCyclicMultiRow,
-        Self::SimpleCyclicMma,
-        Self::DoubleCyclic,
-        Self::DoubleCyclicSpecialized,
-        Self::DoubleCyclicMma,
-        Self::OrderedDouble4,
-        Self::OrderedDouble8,
-        Self::OrderedDouble8Mma,
-        Self::SpecializedCyclic,
-        Self::SpecializedCyclicMma,
-        Self::SimpleTma,
-        Self::SimpleTmaMultiRow,
-        Self::SpecializedTma,
-        Self::SimpleUnitMax,
-        Self::SimpleUnitMin,
-        Self::DoubleUnitMax,
-        Self::DoubleUnitMin,
-    ];
-
-    /// The name `LIKENESS_MATMUL` and the benchmark use. "cmma" algorithms use the tensor cores
-    /// through CubeCL's `cmma` (CUDA, and Vulkan where the driver offers cooperative matrices),
-    /// "mma" ones through PTX `mma` (CUDA), "tma" ones Hopper's tensor memory accelerator; the
-    /// "unit" ones no tensor cores.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Burn => "burn",
-            Self::Auto => "auto",
-            Self::SimpleCyclic => "simple-cyclic",
-            Self::SimpleCyclicMultiRow => "simple-cyclic-multirow",
-            Self::SimpleCyclicMma => "simple-cyclic-mma",
-            Self::DoubleCyclic => "double-cyclic",
-            Self::DoubleCyclicSpecialized => "double-cyclic-specialized",
-            Self::DoubleCyclicMma => "double-cyclic-mma",
-            Self::OrderedDouble4 => "ordered-double-4",
-            Self::OrderedDouble8 => "ordered-double-8",
-            Self::OrderedDouble8Mma => "ordered-double-8-mma",
-            Self::SpecializedCyclic => "specialized-cyclic",
-            Self::SpecializedCyclicMma => "specialized-cyclic-mma",
-            Self::SimpleTma => "simple-tma",
-            Self::SimpleTmaMultiRow => "simple-tma-multirow",
-            Self::SpecializedTma => "specialized-tma",
-            Self::SimpleUnitMax => "simple-unit-max",
-            Self::SimpleUnitMin => "simple-unit-min",
-            Self::DoubleUnitMax => "double-unit-max",
-            Self::DoubleUnitMin => "double-unit-min",
-        }
-    }
-
-    /// The choice of this name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
+named_choices! {
+    /// Which of Burn's matmul algorithms runs (`LIKENESS_MATMUL` takes the names). "cmma"
+    /// algorithms (no suffix) use the tensor cores through CubeCL's `cmma` (CUDA, and Vulkan
+    /// where the driver offers cooperative matrices), "-mma" ones through PTX `mma` (CUDA), "tma"
+    /// ones Hopper's tensor memory accelerator; the "unit" ones no tensor cores.
+    pub enum MatmulChoice {
+        /// Burn's matmul as Burn calls it (the default).
+        Burn = "burn",
+        /// Burn's default algorithm through Likeness' op: what the op itself costs.
+        Auto = "auto",
+        SimpleCyclic = "simple-cyclic",
+        SimpleCyclicMultiRow = "simple-cyclic-multirow",
+        SimpleCyclicMma = "simple-cyclic-mma",
+        DoubleCyclic = "double-cyclic",
+        DoubleCyclicSpecialized = "double-cyclic-specialized",
+        DoubleCyclicMma = "double-cyclic-mma",
+        OrderedDouble4 = "ordered-double-4",
+        OrderedDouble8 = "ordered-double-8",
+        OrderedDouble8Mma = "ordered-double-8-mma",
+        SpecializedCyclic = "specialized-cyclic",
+        SpecializedCyclicMma = "specialized-cyclic-mma",
+        SimpleTma = "simple-tma",
+        SimpleTmaMultiRow = "simple-tma-multirow",
+        SpecializedTma = "specialized-tma",
+        SimpleUnitMax = "simple-unit-max",
+        SimpleUnitMin = "simple-unit-min",
+        DoubleUnitMax = "double-unit-max",
+        DoubleUnitMin = "double-unit-min",
     }
 }
 
@@ -120,7 +63,7 @@ pub fn matmul_choice() -> MatmulChoice {
     super::named_choice(
         &CHOICE,
         "LIKENESS_MATMUL",
-        &MatmulChoice::ALL,
+        MatmulChoice::ALL,
         MatmulChoice::name,
     )
 }
@@ -298,13 +241,13 @@ mod tests {
     #[test]
     fn names_round_trip_and_are_distinct() {
         let mut names = std::collections::HashSet::new();
-        for c in MatmulChoice::ALL {
+        for &c in MatmulChoice::ALL {
             assert_eq!(MatmulChoice::from_name(c.name()), Some(c));
             assert!(names.insert(c.name()));
         }
         assert_eq!(MatmulChoice::from_name("fastest"), None);
         // The setting stores the discriminant and reads it back through ALL.
-        for (i, c) in MatmulChoice::ALL.into_iter().enumerate() {
+        for (i, &c) in MatmulChoice::ALL.iter().enumerate() {
             assert_eq!(c as usize, i);
         }
     }

@@ -14,6 +14,42 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
 
+/// A process-wide choice among named variants: the enum (`Copy`, `u8` discriminants in order),
+/// `ALL` in that order (the first is the default [`named_choice`] falls back to), each one's
+/// `name()` and `from_name()`.
+macro_rules! named_choices {
+    (
+        $(#[$meta:meta])*
+        pub enum $ty:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum $ty {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $ty {
+            /// Every choice, in discriminant order (the first is the default).
+            pub const ALL: &'static [$ty] = &[$($ty::$variant,)+];
+
+            /// The name the environment variable and the benchmark use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+
+            /// The choice of this name.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|c| c.name() == name)
+            }
+        }
+    };
+}
+
 pub mod attention;
 pub mod conv;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]

@@ -21,6 +21,19 @@ use likeness_models::sd::{LoadOptions, StableDiffusion};
 /// (bf16 there: 6.9e-2), f32 on lavapipe against the CPU 2.9e-6.
 const F16_TOLERANCE: f32 = 5e-2;
 
+/// The tiny SD 1 pipeline loaded in f32 and cast to the placement's precision, as `generate`
+/// with LoRA files does.
+fn load_cast<A: Backend>(
+    device: &A::Device,
+    placement: Placement,
+) -> likeness_models::Result<StableDiffusion<A>> {
+    let dir = fixture("pipeline_sd1_eps");
+    Ok(
+        StableDiffusion::<A>::load(&dir, &LoadOptions::default(), device)?
+            .with_precision(placement.precision),
+    )
+}
+
 /// Three DDIM steps of the tiny SD 1 pipeline, decoded: the placement, the UNet's weight dtype,
 /// the picture's dtype and values.
 struct Generate;
@@ -33,9 +46,7 @@ impl BackendTask for Generate {
         device: A::Device,
         placement: Placement,
     ) -> likeness_models::Result<Self::Output> {
-        let dir = fixture("pipeline_sd1_eps");
-        let model = StableDiffusion::<A>::load(&dir, &LoadOptions::default(), &device)?
-            .with_precision(placement.precision);
+        let model = load_cast::<A>(&device, placement)?;
         let weights = model.unet.conv_in.weight.val().dtype();
         let size = model.native_size();
         let p = GenerateParams {
@@ -63,9 +74,7 @@ impl BackendTask for Placed {
         device: A::Device,
         placement: Placement,
     ) -> likeness_models::Result<Self::Output> {
-        let dir = fixture("pipeline_sd1_eps");
-        let model = StableDiffusion::<A>::load(&dir, &LoadOptions::default(), &device)?
-            .with_precision(placement.precision);
+        let model = load_cast::<A>(&device, placement)?;
         Ok((placement, model.unet.conv_in.weight.val().dtype()))
     }
 }

@@ -51,6 +51,16 @@ fn strategy(choice: MatmulChoice) -> Option<Strategy> {
         rows_per_plane: Some(2),
         tile_matmul: TileMatmulKind::Cmma,
     };
+    let simple_unit = |tile_size| {
+        Strategy::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs {
+            tile_size,
+        }))
+    };
+    let double_unit = |tile_size| {
+        Strategy::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs {
+            tile_size,
+        }))
+    };
     Some(match choice {
         C::Burn => return None,
         C::Auto => Strategy::Auto,
@@ -76,32 +86,16 @@ fn strategy(choice: MatmulChoice) -> Option<Strategy> {
         C::SimpleTma => Strategy::SimpleTmaCmma(BlueprintStrategy::Inferred(simple(false))),
         C::SimpleTmaMultiRow => Strategy::SimpleTmaCmma(BlueprintStrategy::Inferred(simple(true))),
         C::SpecializedTma => Strategy::SpecializedTmaCmma(BlueprintStrategy::Inferred(().into())),
-        C::SimpleUnitMax => {
-            Strategy::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs {
-                tile_size: TileSizeSelection::MaxTileSize,
-            }))
-        }
-        C::SimpleUnitMin => {
-            Strategy::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs {
-                tile_size: TileSizeSelection::MinTileSize,
-            }))
-        }
-        C::DoubleUnitMax => {
-            Strategy::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs {
-                tile_size: TileSizeSelection::MaxTileSize,
-            }))
-        }
-        C::DoubleUnitMin => {
-            Strategy::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs {
-                tile_size: TileSizeSelection::MinTileSize,
-            }))
-        }
+        C::SimpleUnitMax => simple_unit(TileSizeSelection::MaxTileSize),
+        C::SimpleUnitMin => simple_unit(TileSizeSelection::MinTileSize),
+        C::DoubleUnitMax => double_unit(TileSizeSelection::MaxTileSize),
+        C::DoubleUnitMin => double_unit(TileSizeSelection::MinTileSize),
     })
 }
 
 /// `[.., m, n]` of `lhs` `[.., m, k]` times `rhs` `[.., k, n]`, batch dimensions broadcast
-/// (each equal or 1 on one side); `None` for anything else.
-fn output_shape(lhs: &[usize], rhs: &[usize]) -> Option<Vec<usize>> {
+/// (each equal or 1 on one side); `None` for anything else (what [`matmul_on`] takes).
+pub(crate) fn output_shape(lhs: &[usize], rhs: &[usize]) -> Option<Vec<usize>> {
     let rank = lhs.len();
     if rank < 2 || rhs.len() != rank || lhs[rank - 1] != rhs[rank - 2] {
         return None;
@@ -176,12 +170,6 @@ impl KernelOp<2, 1> for MatmulOp {
     fn run<R: CubeRuntime>(&self, [lhs, rhs]: [CubeTensor<R>; 2]) -> [CubeTensor<R>; 1] {
         [matmul_on(self.0, lhs, rhs).expect("shapes and dtypes were checked before the launch")]
     }
-}
-
-/// Whether `matmul_on` takes these shapes (the same check, for callers that must know before
-/// registering the op).
-pub(crate) fn output_shape_of(lhs: &[usize], rhs: &[usize]) -> Option<Vec<usize>> {
-    output_shape(lhs, rhs)
 }
 
 #[cfg(test)]
