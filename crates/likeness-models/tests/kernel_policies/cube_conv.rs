@@ -124,7 +124,10 @@ fn a_chosen_gemm_algorithm_runs_or_leaves_the_pass_to_burns() {
     }
     set_conv_algorithm(ConvAlgorithmChoice::AsyncCyclic);
     let [ran_before, fell_before] = algorithm_counts();
-    for (i, case) in CASES.into_iter().take(3).enumerate() {
+    // A 3×3 convolution and a strided one (every new shape is kernels for lavapipe to compile:
+    // CI's time); the training test covers the rest under Burn's GEMM.
+    for i in [0, 2] {
+        let case = CASES[i];
         let seed = 31 + 10 * i as u64;
         let want = common::conv_grads::<Autodiff<F>>(case, seed, false);
         let got = common::conv_grads::<Autodiff<W>>(case, seed, true);
@@ -139,10 +142,10 @@ fn a_chosen_gemm_algorithm_runs_or_leaves_the_pass_to_burns() {
         ran - ran_before,
         fell - fell_before
     );
-    // Three cases, each a forward, a data and a weight gradient — but the two strided cases'
-    // data gradients, refused before any launch (not counted): 3 + 2 + 2 passes.
+    // Each a forward, a data and a weight gradient — but the strided case's data gradient,
+    // refused before any launch (not counted): 3 + 2 passes.
     assert!(
-        (ran - ran_before) + (fell - fell_before) >= 7,
+        (ran - ran_before) + (fell - fell_before) >= 5,
         "{ran} {fell} {ran_before} {fell_before}"
     );
 }

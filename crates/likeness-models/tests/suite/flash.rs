@@ -13,19 +13,25 @@ use likeness_models::kernels::attention::{FlashPolicy, flash, flash_counts};
 type W = burn::backend::Wgpu<f32>;
 type F = burn::backend::Flex;
 
-/// `[b, h, n_q, n_k, d]` and causal: SD 1.5's head dims 40 and 80 (160 left out: 30 s of
-/// lavapipe's shader compiler for the unit kernel), a cross-attention to 77 tokens, query and key
-/// counts that fill no tile, CLIP's causal square, a causal mask over fewer queries than keys
-/// (Burn's own choice takes it), and a head dim of 6.
-const CASES: [([usize; 5], bool); 7] = [
+/// `[b, h, n_q, n_k, d]` and causal: SD 1.5's head dim 40 (padded to 48) over full tiles, and in
+/// a cross-attention to 77 tokens with a query count that fills no tile; CLIP's causal square
+/// with a head dim of 8 (padded); a head dim the tiles divide (no padding); a causal mask over
+/// fewer queries than keys (Burn's own choice takes it); a head dim of 6. Every case is a kernel
+/// lavapipe compiles (2–30 s each, the test's time in CI): 80, 64 and 160 are left out, the same
+/// code paths as 16 (no padding) at longer compiles.
+const CASES: [([usize; 5], bool); 6] = [
     ([2, 2, 64, 64, 40], false),
-    ([1, 2, 48, 77, 80], false),
-    ([1, 1, 33, 17, 40], false),
+    ([1, 1, 33, 77, 40], false),
     ([1, 2, 77, 77, 8], true),
-    ([2, 1, 20, 20, 64], true),
+    ([1, 1, 20, 20, 16], false),
     ([1, 2, 9, 20, 16], true),
     ([1, 1, 16, 16, 6], false),
 ];
+
+/// The cases Burn's own choice is checked on: the one the unit pass already sent there (tuned
+/// once), and CLIP's causal square (each new shape is an autotune of Burn's candidates on
+/// lavapipe).
+const BURNS: [usize; 2] = [4, 2];
 
 /// The flash kernels stage q, k, v and the probabilities in f16 tiles (with f32 sums), as Burn
 /// launches them: max error over max value up to this against f32 (measured: 3e-4 to 6e-4).
@@ -34,9 +40,10 @@ const F16_TILES: f32 = 2e-3;
 /// Runs every case under `policy` with q, k and v laid out as the models hand them over (heads
 /// split from `[b, n, h·d]` and swapped into place: not contiguous, batch and head strides out of
 /// order); returns the change in [`flash_counts`].
-fn check(policy: FlashPolicy) -> [u64; 4] {
+fn check(policy: FlashPolicy, cases: &[usize]) -> [u64; 4] {
     let before = flash_counts();
-    for (i, ([b, h, n_q, n_k, d], causal)) in CASES.into_iter().enumerate() {
+    for &i in cases {
+        let ([b, h, n_q, n_k, d], causal) = CASES[i];
         let seed = 100 + 10 * i as u64;
         let q = numbers(b * h * n_q * d, seed, 0.0, 1.0);
         let k = numbers(b * h * n_k * d, seed + 1, 0.0, 1.0);
@@ -79,27 +86,28 @@ fn each_path_matches_attention_written_out() {
     if common::skip_wgpu() {
         return;
     }
-    let runs = check(FlashPolicy::Unit);
+    let all: Vec<usize> = (0..CASES.len()).collect();
+    let runs = check(FlashPolicy::Unit, &all);
     eprintln!("Unit: runs [tensor cores, unit, refused, Burn's choice]: {runs:?}");
     assert_eq!(runs[0], 0, "only the unit kernel was asked for");
     // Every square or unmasked case on the unit kernel, none refused: the head dims that its
     // tiles do not divide (40, 8, 6) padded to a multiple of 16, q scaled to keep 1/√d.
-    assert_eq!(runs[1..3], [6, 0], "{runs:?}");
+    assert_eq!(runs[1..3], [5, 0], "{runs:?}");
     assert!(
         runs[3] >= 1,
         "the off-square causal mask went to Burn's choice"
     );
 
     // Burn's own choice (autotuned in this build) on the same inputs, through the same copies.
-    let runs = check(FlashPolicy::Off);
+    let runs = check(FlashPolicy::Off, &BURNS);
     assert_eq!(runs[..3], [0, 0, 0]);
-    assert!(runs[3] >= CASES.len() as u64);
+    assert!(runs[3] >= BURNS.len() as u64);
 
     // Lavapipe has no tensor cores, and f32 stays off them anyway (it would round to tf32):
     // Burn's own choice takes it.
-    let runs = check(FlashPolicy::Accelerated);
+    let runs = check(FlashPolicy::Accelerated, &BURNS);
     assert_eq!(runs[..3], [0, 0, 0]);
-    assert!(runs[3] >= CASES.len() as u64);
+    assert!(runs[3] >= BURNS.len() as u64);
 
     // Backends without CubeCL take nothing.
     let c = tensor::<F, 4>(&numbers(2 * 16 * 8, 7, 0.0, 1.0), [1, 2, 16, 8]);
