@@ -22,32 +22,27 @@ use likeness_models::sd::{LoadOptions, StableDiffusion};
 const F16_TOLERANCE: f32 = 5e-2;
 
 /// The tiny SD 1 pipeline loaded in f32 and cast to the placement's precision, as `generate`
-/// with LoRA files does.
-fn load_cast<A: Backend>(
-    device: &A::Device,
-    placement: Placement,
-) -> likeness_models::Result<StableDiffusion<A>> {
-    let dir = fixture("pipeline_sd1_eps");
-    Ok(
-        StableDiffusion::<A>::load(&dir, &LoadOptions::default(), device)?
-            .with_precision(placement.precision),
-    )
+/// with LoRA files does; with `sample`, three DDIM steps of it, decoded. The placement, the
+/// UNet's weight dtype, and the picture's dtype and values if it ran.
+struct Generate {
+    sample: bool,
 }
 
-/// Three DDIM steps of the tiny SD 1 pipeline, decoded: the placement, the UNet's weight dtype,
-/// the picture's dtype and values.
-struct Generate;
-
 impl BackendTask for Generate {
-    type Output = (Placement, DType, DType, Vec<f32>);
+    type Output = (Placement, DType, Option<(DType, Vec<f32>)>);
 
     fn run<A: Backend>(
         self,
         device: A::Device,
         placement: Placement,
     ) -> likeness_models::Result<Self::Output> {
-        let model = load_cast::<A>(&device, placement)?;
+        let dir = fixture("pipeline_sd1_eps");
+        let model = StableDiffusion::<A>::load(&dir, &LoadOptions::default(), &device)?
+            .with_precision(placement.precision);
         let weights = model.unet.conv_in.weight.val().dtype();
+        if !self.sample {
+            return Ok((placement, weights, None));
+        }
         let size = model.native_size();
         let p = GenerateParams {
             prompt: "a photo of a dog".into(),
@@ -58,24 +53,7 @@ impl BackendTask for Generate {
         };
         let latents = model.sample(&p, None, &mut SeededNoise::new(0, 1), &mut |_, _| {})?;
         let picture = model.decode(latents);
-        Ok((placement, weights, picture.dtype(), values(picture)))
-    }
-}
-
-/// The tiny SD 1 pipeline loaded and cast as `generate` casts it, nothing run: the placement and
-/// the UNet's weight dtype.
-struct Placed;
-
-impl BackendTask for Placed {
-    type Output = (Placement, DType);
-
-    fn run<A: Backend>(
-        self,
-        device: A::Device,
-        placement: Placement,
-    ) -> likeness_models::Result<Self::Output> {
-        let model = load_cast::<A>(&device, placement)?;
-        Ok((placement, model.unet.conv_in.weight.val().dtype()))
+        Ok((placement, weights, Some((picture.dtype(), values(picture)))))
     }
 }
 
@@ -84,10 +62,13 @@ fn f16_on_wgpu_computes_in_f16_and_answers_in_f32() {
     if common::skip_wgpu() {
         return;
     }
-    let (_, weights, _, full) = dispatch(DeviceChoice::Cpu, Precision::F32, Generate).unwrap();
+    let sample = Generate { sample: true };
+    let (_, weights, full) = dispatch(DeviceChoice::Cpu, Precision::F32, sample).unwrap();
+    let (_, full) = full.expect("sampled");
     assert_eq!(weights, DType::F32);
-    let (placement, weights, answer, half) =
-        dispatch(DeviceChoice::Wgpu, Precision::F16, Generate).unwrap();
+    let sample = Generate { sample: true };
+    let (placement, weights, half) = dispatch(DeviceChoice::Wgpu, Precision::F16, sample).unwrap();
+    let (answer, half) = half.expect("sampled");
     assert_eq!(placement.precision, Precision::F16, "lavapipe stores f16");
     assert_eq!(weights, DType::F16, "the weights are in f16");
     assert_eq!(answer, DType::F32, "the pictures come back in f32");
@@ -98,7 +79,8 @@ fn f16_on_wgpu_computes_in_f16_and_answers_in_f32() {
 
     // wgpu has no bf16: asked for, it runs in f16 (the placement alone: running the pipeline
     // again on lavapipe cost CI time and showed nothing more).
-    let (placement, weights) = dispatch(DeviceChoice::Wgpu, Precision::Bf16, Placed).unwrap();
+    let placed = Generate { sample: false };
+    let (placement, weights, _) = dispatch(DeviceChoice::Wgpu, Precision::Bf16, placed).unwrap();
     assert_eq!((placement.precision, weights), (Precision::F16, DType::F16));
 }
 
