@@ -142,6 +142,8 @@ LF="env LIKENESS_FLASH=off $L"
 # tensor-core flash kernel (head dim 40 padded to 48) and the blocked backward's matmuls
 # (session 15), against Likeness' kernels, which use no tensor cores.
 LN="env LIKENESS_ATTENTION_KERNEL=never $L"
+# Likeness' attention kernels on CUDA cores only (`LIKENESS_ATTENTION_TENSOR_CORES=off`).
+LS="env LIKENESS_ATTENTION_TENSOR_CORES=off $L"
 P="python3 tests/bench/diffusers_ref.py --device $DEV ${EXTRA:-}"
 # Autotuning first, untimed as a benchmark but recorded: a first call costs 5–60 s per new op
 # shape (session 3), and its results go to the on-disk cache every later item reads. Its wall
@@ -182,6 +184,9 @@ if [ -n "$best_conv" ]; then
 fi
 # SD 1.5's 4096-token attentions on Burn's tensor-core flash kernel + the blocked backward.
 item db-bf16-b1 100 likeness-noownattn $LN --precision bf16 --only db-step --batch 1 --iters 5
+# Likeness' attention kernels without tensor cores (session 17 gave them cmma tiles in bf16/f16):
+# the scalar kernels of sessions 7-16, for the side-by-side of that change.
+item db-bf16-b1 100 likeness-scalarattn $LS --precision bf16 --only db-step --batch 1 --iters 5
 # The step's gap op by op: one more step by phase, forward by layer kind, backward by op (Likeness:
 # its own autodiff ops synchronised; diffusers: torch.profiler's device time per autograd function).
 item db-bf16-b1-profile 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 2 --profile

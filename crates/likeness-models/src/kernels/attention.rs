@@ -153,6 +153,46 @@ pub fn kernels_take(policy: KernelPolicy, n_q: usize, n_k: usize) -> bool {
     }
 }
 
+named_choices! {
+    /// Whether Likeness' attention kernels run on tensor cores where they can: bf16 and f16
+    /// attentions on a device with 16×16×16 tiles of that type into f32
+    /// ([`super::cube::attention_mma`]); the scalar kernels otherwise.
+    pub enum TensorCores {
+        /// Where the device and the dtype allow (the default).
+        On = "on",
+        /// Never (`LIKENESS_ATTENTION_TENSOR_CORES=off`): the scalar kernels, to measure one
+        /// against the other.
+        Off = "off",
+    }
+}
+
+static TENSOR_CORES: super::Setting = super::Setting::new();
+
+/// Whether the kernels use tensor cores: set by [`set_tensor_cores`], else
+/// `LIKENESS_ATTENTION_TENSOR_CORES` (`on`, `off`), else on.
+pub fn tensor_cores() -> TensorCores {
+    super::named_choice(
+        &TENSOR_CORES,
+        "LIKENESS_ATTENTION_TENSOR_CORES",
+        TensorCores::ALL,
+        TensorCores::name,
+    )
+}
+
+/// Sets [`tensor_cores`] for the rest of the process.
+pub fn set_tensor_cores(choice: TensorCores) {
+    TENSOR_CORES.set(choice as u8);
+}
+
+/// How many forward and backward passes Likeness' kernels ran on tensor cores in this process
+/// (all zero without the CubeCL backends).
+pub fn tensor_core_counts() -> [u64; 2] {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::attention::tensor_core_counts();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    [0; 2]
+}
+
 /// Which of Burn's attention kernels Likeness launches, on CubeCL backends, for the attentions its
 /// own kernels do not take ([`super::cube::flash`]; always on contiguous copies of q, k and v,
 /// which Burn 0.21's flash kernels need).

@@ -38,6 +38,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 use cubecl::server::CubeCountSelection;
 
 pub mod attention;
+mod attention_mma;
 pub mod conv;
 pub mod flash;
 pub mod matmul;

@@ -218,3 +218,112 @@ fn half_precision_follows_f32() {
         assert!(e > 0.0 && e < 1e-2, "{name}: f16 relative error {e:.3e}");
     }
 }
+
+/// Whether the adapter multiplies f16 tiles on cooperative matrices (tensor cores): said by
+/// `scripts/lavapipe-coopmat.sh run`, under which the tests run on a lavapipe that has them.
+fn expect_tensor_cores() -> bool {
+    std::env::var_os("LIKENESS_EXPECT_CMMA").is_some()
+}
+
+/// The tensor-core kernels (`kernels::cube::attention_mma`, f16 tiles into f32) against the
+/// reference on the CPU from the same f16-rounded inputs, forward and backward, beside the scalar
+/// kernels in f16 on the same inputs. Cases: SD 1.5's head dim 40 (padded to 48) over full tiles,
+/// CLIP's causal square with a head dim of 8 and partial tiles, a causal mask over fewer queries
+/// than keys at 80, several cubes of rows and several key blocks at 16, and SD's widest head, 160.
+/// Where the adapter has no cooperative matrices (Debian 12's lavapipe) the scalar kernels run
+/// both passes; under `scripts/lavapipe-coopmat.sh run` every pass must run on tensor cores.
+#[test]
+fn tensor_cores_match_attention_in_tensor_ops_in_half_precision() {
+    use likeness_models::kernels::attention::{TensorCores, set_tensor_cores, tensor_core_counts};
+    if skip() {
+        return;
+    }
+    let device = Default::default();
+    if !W::supports_dtype(&device, DType::F16) {
+        assert!(
+            !expect_tensor_cores(),
+            "a cooperative-matrix adapter without f16"
+        );
+        eprintln!("this adapter has no f16: skipping");
+        return;
+    }
+    let cases: [([usize; 5], bool, f32); 5] = [
+        ([2, 2, 64, 64, 40], false, 1.0),
+        ([1, 2, 77, 77, 8], true, 1.0),
+        ([1, 1, 33, 70, 80], true, 1.5),
+        ([1, 1, 100, 130, 16], false, 2.0),
+        ([1, 1, 40, 30, 160], false, 0.7),
+    ];
+    let half =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    for (i, case) in cases.into_iter().enumerate() {
+        let ([b, h, n_q, n_k, d], causal, _) = case;
+        let raw = inputs(case, 50 + 10 * i as u64);
+        let x = Inputs {
+            q: half(&raw.q),
+            k: half(&raw.k),
+            v: half(&raw.v),
+            up: half(&raw.up),
+        };
+        let (qs, ks) = ([b, h, n_q, d], [b, h, n_k, d]);
+        let want = grads::<Autodiff<F>>(case, &x, false);
+        let (_, lse_want) = common::attention_reference(
+            tensor::<F, 4>(&x.q, qs),
+            tensor::<F, 4>(&x.k, ks),
+            tensor::<F, 4>(&x.v, ks),
+            causal,
+        );
+        let run = |choice: TensorCores| {
+            set_tensor_cores(choice);
+            let t = |v: &[f32], s| tensor::<W, 4>(v, s).cast(DType::F16);
+            let (q, k, v, up) = (t(&x.q, qs), t(&x.k, ks), t(&x.v, ks), t(&x.up, qs));
+            let before = tensor_core_counts();
+            let (out, lse) = cube::attention::forward(&q, &k, &v, causal).expect("forward");
+            let grads =
+                cube::attention::backward([&q, &k, &v], &out, &lse, &up, causal).expect("backward");
+            let after = tensor_core_counts();
+            let mut got: Vec<Vec<f32>> = std::iter::once(out)
+                .chain(grads)
+                .map(|t| values(t.cast(DType::F32)))
+                .collect();
+            got.push(values(lse));
+            (got, [after[0] - before[0], after[1] - before[1]])
+        };
+        let (scalar, none) = run(TensorCores::Off);
+        assert_eq!(none, [0, 0], "off: no tensor-core pass");
+        let (tiles, passes) = run(TensorCores::On);
+        set_tensor_cores(TensorCores::On);
+        // Both passes or neither (an adapter without cooperative matrices); both where the
+        // runner says the adapter has them.
+        assert!(
+            passes == [1, 1] || (passes == [0, 0] && !expect_tensor_cores()),
+            "{case:?}: tensor-core passes [forward, backward] {passes:?} (cooperative matrices \
+             expected: {})",
+            expect_tensor_cores()
+        );
+        let mut want = want.to_vec();
+        want.push(values(lse_want));
+        // Outputs and gradients in f16 (≈1e-3 of the largest value), the probabilities and dS
+        // rounded to f16 before their products (the tiles), sums in f32.
+        for (k, (name, bound)) in [
+            ("out", 4e-3),
+            ("dq", 1e-2),
+            ("dk", 1e-2),
+            ("dv", 4e-3),
+            ("lse", 1e-4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (e_tiles, e_scalar) = (
+                common::rel_err(&tiles[k], &want[k]),
+                common::rel_err(&scalar[k], &want[k]),
+            );
+            println!("{case:?} {name}: tensor cores {e_tiles:.2e}, scalar f16 {e_scalar:.2e}");
+            assert!(
+                e_tiles <= bound,
+                "{case:?} {name}: relative error {e_tiles:.3e} > {bound:.0e}"
+            );
+        }
+    }
+}

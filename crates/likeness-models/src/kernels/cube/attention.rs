@@ -29,7 +29,9 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeDim;
 
+use super::attention_mma::{self, Layout};
 use super::{Apply, KernelOp, cubes, elementwise, empty, enabled};
+use crate::kernels::attention::{TensorCores, tensor_cores};
 use crate::kernels::{ToDtype, float, wrap};
 
 /// Units per cube of the row kernels (one query row each for dQ, one key row for dK/dV, one or
@@ -494,12 +496,12 @@ mod device {
 
 /// Sizes of an attention over `[batch·heads, tokens, head_dim]`.
 #[derive(Debug, Clone, Copy)]
-struct Sizes {
-    heads: usize,
-    n_q: usize,
-    n_k: usize,
-    d: usize,
-    causal: bool,
+pub(super) struct Sizes {
+    pub(super) heads: usize,
+    pub(super) n_q: usize,
+    pub(super) n_k: usize,
+    pub(super) d: usize,
+    pub(super) causal: bool,
 }
 
 impl Sizes {
@@ -525,7 +527,7 @@ impl Sizes {
             })
     }
 
-    fn scale(&self) -> f32 {
+    pub(super) fn scale(&self) -> f32 {
         1.0 / (self.d as f32).sqrt()
     }
 
@@ -556,9 +558,29 @@ fn row_launch<R: CubeRuntime>(
     (cubes(like, count), CubeDim::new_1d(units))
 }
 
+/// Passes run on tensor cores in this process: `[forward, backward]`.
+static TENSOR_CORE_RUNS: super::Tally<2> = super::Tally::new();
+
+/// How many forward and backward passes ran on tensor cores ([`attention_mma`]) in this process.
+pub fn tensor_core_counts() -> [u64; 2] {
+    TENSOR_CORE_RUNS.get()
+}
+
+/// The tensor-core kernels' layout for these tensors, where they are on and the device and dtype
+/// take them.
+fn tensor_core_layout<R: CubeRuntime>(like: &CubeTensor<R>, s: &Sizes) -> Option<Layout> {
+    (tensor_cores() == TensorCores::On)
+        .then(|| Layout::of(like, s))
+        .flatten()
+}
+
 /// Forward on `R`'s tensors: `[q, k, v]` → `[out, lse]`.
 fn forward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 3], s: Sizes) -> [CubeTensor<R>; 2] {
     let [q, k, v] = inputs.map(into_contiguous);
+    if let Some(layout) = tensor_core_layout(&q, &s) {
+        TENSOR_CORE_RUNS.add(0);
+        return attention_mma::forward_on([q, k, v], s, layout);
+    }
     let client = q.client.clone();
     let dtype = q.dtype;
     let out = empty(&q, Shape::new([s.heads, s.n_q, s.d]), dtype);
@@ -605,6 +627,10 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
         s.d as u32,
         dtype.into(),
     );
+    if let Some(layout) = tensor_core_layout(&q, &s) {
+        TENSOR_CORE_RUNS.add(1);
+        return attention_mma::gradients_on([q, k, v, grad], lse, delta, s, layout);
+    }
     let dk = empty(&q, Shape::new([s.heads, s.n_k, s.d]), dtype);
     let dv = empty(&q, Shape::new([s.heads, s.n_k, s.d]), dtype);
     let (count, dim) = row_launch(&q, s.heads, s.n_k, 1);
