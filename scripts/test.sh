@@ -22,6 +22,14 @@ export RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-Dwarnings"
 cargo test --workspace --locked --no-run
 echo "== cargo test"
 cargo test --workspace --locked 2>&1
+echo "== tensor-core kernels, on a lavapipe with cooperative matrices"
+# Debian 12's lavapipe has no cooperative matrices, so the run above checks that the tensor-core
+# paths step aside; this one runs them (scripts/lavapipe-coopmat.sh: Mesa 26 unpacked under
+# ~/.cache/likeness, the test binary under its C library), with a kernel cache of its own.
+scripts/lavapipe-coopmat.sh install
+LIKENESS_KERNEL_CACHE="$LIKENESS_KERNEL_CACHE-coopmat" \
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/lavapipe-coopmat.sh run" \
+  cargo test --workspace --locked --test kernel_policies tensor_cores 2>&1
 echo "== front end: vitest, svelte-check"
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check)
 echo "== end to end: the built app"

@@ -518,6 +518,67 @@ fn ops<B: Backend>(
             &[0.0, 0.0],
         )
     };
+    // Likeness' attention kernels at SD 1.5's largest attention (tensor cores in half precision
+    // where the device has them: `LIKENESS_ATTENTION_TENSOR_CORES`), forward and backward,
+    // against attention written out in f32 ops differentiated by Burn, on this device (one batch
+    // and two heads: the f32 reference writes the scores out).
+    let attention_check = {
+        use likeness_models::kernels::attention::{tensor_core_counts, tensor_cores};
+        let f32_of = |t: Tensor<AB<B>, 4>| t.cast(burn::tensor::DType::F32);
+        let input = |seed: f64| {
+            in_dtype(
+                Tensor::<AB<B>, 4>::random([1, 2, seq, 40], normal, device) * seed,
+                dtype,
+            )
+            .detach()
+            .require_grad()
+        };
+        let (q, k, v) = (input(1.0), input(1.0), input(1.0));
+        let up = Tensor::<AB<B>, 4>::random([1, 2, seq, 40], normal, device);
+        let before = tensor_core_counts();
+        let got = attend(q.clone(), k.clone(), v.clone());
+        let g = (f32_of(got.clone()) * up.clone()).sum().backward();
+        let after = tensor_core_counts();
+        let grads_of = |g: &<AB<B> as burn::tensor::backend::AutodiffBackend>::Gradients| {
+            [&q, &k, &v].map(|t| {
+                t.grad(g)
+                    .expect("a tracked input")
+                    .cast(burn::tensor::DType::F32)
+            })
+        };
+        let got_grads = grads_of(&g);
+        let (qr, kr, vr) = (
+            f32_of(q.clone().detach()).require_grad(),
+            f32_of(k.clone().detach()).require_grad(),
+            f32_of(v.clone().detach()).require_grad(),
+        );
+        let scores = qr.clone().matmul(kr.clone().swap_dims(2, 3)) / (40f64).sqrt();
+        let want = burn::tensor::activation::softmax(scores, 3).matmul(vr.clone());
+        let gw = (want.clone() * up).sum().backward();
+        let want_grads = [&qr, &kr, &vr].map(|t| t.grad(&gw).expect("a tracked input"));
+        let mut errors = vec![format!(
+            "out {:.1e}",
+            max_rel_err(f32_of(got).inner(), want.inner())
+        )];
+        for (name, (a, b)) in ["dq", "dk", "dv"]
+            .iter()
+            .zip(got_grads.into_iter().zip(want_grads))
+        {
+            errors.push(format!("{name} {:.1e}", max_rel_err(a, b)));
+        }
+        let errors = errors.join(", ");
+        let passes = [after[0] - before[0], after[1] - before[1]];
+        eprintln!("attention kernels against f32 ops: max error / max value: {errors}");
+        row(
+            &format!(
+                "check: attention kernels [1, 2, {seq}, 40] (tensor cores {:?}: passes fwd, bwd \
+                 {passes:?}) vs attention in f32 ops, max err / max: {errors}",
+                tensor_cores()
+            ),
+            label,
+            &[0.0, 0.0],
+        )
+    };
     // Convolutions 320 → 320 at the first level as the models run them (Likeness' op:
     // `kernels::conv`, whose kernels follow `LIKENESS_CONV`): the resnets' 3×3, and a pointwise
     // one (SD 1's transformer projections: a batched matmul on the GEMM tiers).
@@ -613,6 +674,7 @@ fn ops<B: Backend>(
     );
     rows.push(check);
     rows.push(flash_check);
+    rows.push(attention_check);
     Ok(rows)
 }
 

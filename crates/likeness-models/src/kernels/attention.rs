@@ -5,7 +5,8 @@
 //! inputs (one score-sized tensor per op, kept until the backward), and the inner backend's flash
 //! attention kernel never runs while training. Here attention is one autodiff op instead:
 //!
-//! - on CUDA and wgpu, Likeness' flash-attention kernels ([`super::cube::attention`]) both ways:
+//! - on CUDA and wgpu, Likeness' flash-attention kernels ([`super::cube::attention`]; on tensor
+//!   cores in bf16 and f16 where the device has them, [`TensorCores`]) both ways:
 //!   the forward saves q, k, v, the output and the rows' log-sum-exp, the backward never writes a
 //!   score matrix (also the inference forward there, without autotuning); the attentions they
 //!   leave to Burn (the smaller ones, [`KernelPolicy`]) take a forward by Burn's kernels under

@@ -229,7 +229,9 @@ fn expect_tensor_cores() -> bool {
 /// reference on the CPU from the same f16-rounded inputs, forward and backward, beside the scalar
 /// kernels in f16 on the same inputs. Cases: SD 1.5's head dim 40 (padded to 48) over full tiles,
 /// CLIP's causal square with a head dim of 8 and partial tiles, a causal mask over fewer queries
-/// than keys at 80, several cubes of rows and several key blocks at 16, and SD's widest head, 160.
+/// than keys at 80, several cubes of rows and several key blocks at 16, and SD's widest head, 160
+/// (the scalar kernels on the first too, for comparison). Measured on lavapipe with 8×8×8
+/// cooperative matrices: 2.6e-4 to 7.4e-4 (the scalar kernels in f16 2.0e-4 to 6.0e-4).
 /// Where the adapter has no cooperative matrices (Debian 12's lavapipe) the scalar kernels run
 /// both passes; under `scripts/lavapipe-coopmat.sh run` every pass must run on tensor cores.
 #[test]
@@ -289,8 +291,13 @@ fn tensor_cores_match_attention_in_tensor_ops_in_half_precision() {
             got.push(values(lse));
             (got, [after[0] - before[0], after[1] - before[1]])
         };
-        let (scalar, none) = run(TensorCores::Off);
-        assert_eq!(none, [0, 0], "off: no tensor-core pass");
+        // The scalar kernels beside them on SD's case only (each case is three kernels for
+        // lavapipe to compile, the test's time).
+        let scalar = (i == 0).then(|| {
+            let (scalar, none) = run(TensorCores::Off);
+            assert_eq!(none, [0, 0], "off: no tensor-core pass");
+            scalar
+        });
         let (tiles, passes) = run(TensorCores::On);
         set_tensor_cores(TensorCores::On);
         // Both passes or neither (an adapter without cooperative matrices); both where the
@@ -315,11 +322,14 @@ fn tensor_cores_match_attention_in_tensor_ops_in_half_precision() {
         .into_iter()
         .enumerate()
         {
-            let (e_tiles, e_scalar) = (
-                common::rel_err(&tiles[k], &want[k]),
-                common::rel_err(&scalar[k], &want[k]),
-            );
-            println!("{case:?} {name}: tensor cores {e_tiles:.2e}, scalar f16 {e_scalar:.2e}");
+            let e_tiles = common::rel_err(&tiles[k], &want[k]);
+            match &scalar {
+                Some(scalar) => println!(
+                    "{case:?} {name}: tensor cores {e_tiles:.2e}, scalar f16 {:.2e}",
+                    common::rel_err(&scalar[k], &want[k])
+                ),
+                None => println!("{case:?} {name}: tensor cores {e_tiles:.2e}"),
+            }
             assert!(
                 e_tiles <= bound,
                 "{case:?} {name}: relative error {e_tiles:.3e} > {bound:.0e}"

@@ -17,9 +17,11 @@
 //! Every sum runs in f32 whatever the tensors' dtype; the head dimension is a compile-time
 //! constant (a kernel per head size, its row held by the unit). The causal mask is bottom-right
 //! aligned, as Burn's: query `i` sees keys `j ≤ i + n_k − n_q`; a row that sees no key gets a zero
-//! output and zero gradients. These kernels use no tensor cores (that needs CubeCL's `cmma`, which
-//! Mesa's lavapipe — what CI tests on — lacks); what they save is the score matrices' memory and
-//! traffic, and autotuning: Burn tunes its attention per shape (a minute on a first call).
+//! output and zero gradients. These kernels use no tensor cores; what they save is the score
+//! matrices' memory and traffic, and autotuning: Burn tunes its attention per shape (a minute on a
+//! first call). In bf16 and f16, on a device with cooperative matrices (tensor cores), the same
+//! passes run on them instead ([`super::attention_mma`]; `LIKENESS_ATTENTION_TENSOR_CORES=off`
+//! keeps them here).
 //! Parity: `tests/kernel_policies/cube_attention.rs`.
 
 use burn::prelude::*;

@@ -1,15 +1,18 @@
 //! Flash attention forward and backward on tensor cores (CubeCL's `cmma`: WMMA on CUDA, Vulkan's
 //! cooperative matrices through SPIR-V), for half-precision attentions on devices that multiply
-//! 16×16×16 tiles of the tensors' dtype into f32.
+//! square tiles of the tensors' dtype into f32 — 16×16×16 on NVIDIA's tensor cores, 8×8×8 on
+//! Mesa's lavapipe (which CI runs them on).
+//!
+//! Below, `t` is the tile's side.
 //!
 //! The same algorithm and interface as the scalar kernels of [`super::attention`] — output and the
 //! rows' log-sum-exp `L` forward; `Δ = rowsum(dO ∘ O)`, then a kernel per block of keys for `dK`,
 //! `dV` and one per block of queries for `dQ` backward, probabilities recomputed from `L` — with
-//! every product of a query or key block on 16×16 tiles: a plane (warp) owns 16 rows, its scores
+//! every product of a query or key block on `t`×`t` tiles: a plane (warp) owns `t` rows, its scores
 //! go through shared memory in f32 for the softmax (which a tile's opaque register layout cannot
 //! do in place), and its probabilities come back as the tensors' dtype for the next product, as
-//! FlashAttention-2 does. Head dims are padded to a multiple of 16 with zeros in shared memory
-//! (SD 1.5's 40 → 48: the scores do not change). The forward's output accumulator lives in shared
+//! FlashAttention-2 does. Head dims are padded to a multiple of `t` with zeros in shared memory
+//! (SD 1.5's 40 → 48 on 16-wide tiles: the scores do not change). The forward's output accumulator lives in shared
 //! memory (each key block rescales its rows); the backward's `dK`, `dV` and `dQ` stay in the
 //! tiles' accumulators for the whole loop. Every sum is f32.
 //!
@@ -72,8 +75,8 @@ mod device {
         }
     }
 
-    /// `out += a · bᵀ` over a 16-row block: `a` `[16, dp]` and `b` `[16, dp]` row-major in shared
-    /// memory (from `a_at` and `b_at`), `dp / 16` tile products.
+    /// `out += a · bᵀ` over a `t`-row block: `a` `[t, dp]` and `b` `[t, dp]` row-major in shared
+    /// memory (from `a_at` and `b_at`), `dp / t` tile products.
     #[cube]
     fn product_transposed<E: Float>(
         a: &SharedMemory<E>,
@@ -111,9 +114,9 @@ mod device {
         }
     }
 
-    /// `out += a · b` for one 16-wide column tile of `b`: `a` `[16, k]` row-major with row stride
+    /// `out += a · b` for one `t`-wide column tile of `b`: `a` `[t, k]` row-major with row stride
     /// `a_stride`, `b` `[k, ·]` row-major with row stride `b_stride` (from `b_at`, the tile's
-    /// first column), `k / 16` tile products.
+    /// first column), `k / t` tile products.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn product<E: Float>(
@@ -190,7 +193,7 @@ mod device {
         (bh, first)
     }
 
-    /// Forward: `out` and the rows' log-sum-exp `lse` (`[bh, n_q]`). A plane per 16 query rows
+    /// Forward: `out` and the rows' log-sum-exp `lse` (`[bh, n_q]`). A plane per `t` query rows
     /// (`UNIT_POS_Y`), `keys` keys a step through shared memory.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
@@ -220,17 +223,17 @@ mod device {
             let lane = UNIT_POS_X as usize;
             let lanes = PLANE_DIM as usize;
             let (q_base, kv_base) = (bh * nq * d, bh * nk * d);
-            let mut qs = SharedMemory::<E>::new(planes * t * dp);
-            let mut ks = SharedMemory::<E>::new(keys * dp);
-            let mut vs = SharedMemory::<E>::new(keys * dp);
+            let mut qs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
+            let mut ks = SharedMemory::<E>::new_aligned(keys * dp, 32usize);
+            let mut vs = SharedMemory::<E>::new_aligned(keys * dp, 32usize);
             // Per plane: its scores (then probabilities in f32), probabilities in E, output
             // accumulator, and its rows' running max, sum and rescale factor.
-            let mut ss = SharedMemory::<f32>::new(planes * t * keys);
-            let mut ps = SharedMemory::<E>::new(planes * t * keys);
-            let mut os = SharedMemory::<f32>::new(planes * t * dp);
-            let mut ms = SharedMemory::<f32>::new(planes * t);
-            let mut ls = SharedMemory::<f32>::new(planes * t);
-            let mut alphas = SharedMemory::<f32>::new(planes * t);
+            let mut ss = SharedMemory::<f32>::new_aligned(planes * t * keys, 32usize);
+            let mut ps = SharedMemory::<E>::new_aligned(planes * t * keys, 32usize);
+            let mut os = SharedMemory::<f32>::new_aligned(planes * t * dp, 32usize);
+            let mut ms = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
+            let mut ls = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
+            let mut alphas = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
             load_rows::<F, E>(q, &mut qs, q_base, first_row, nq, planes * t, d, dp);
             let (s_at, o_at, r_at) = (plane * t * keys, plane * t * dp, plane * t);
             let mut e = lane;
@@ -253,7 +256,7 @@ mod device {
                 load_rows::<F, E>(k, &mut ks, kv_base, start, nk, keys, d, dp);
                 load_rows::<F, E>(v, &mut vs, kv_base, start, nk, keys, d, dp);
                 sync_cube();
-                // S = Q·Kᵀ, 16 keys at a time, into the plane's scores.
+                // S = Q·Kᵀ, `t` keys at a time, into the plane's scores.
                 #[unroll]
                 for j in 0..keys / t {
                     let acc = zeros(t);
@@ -310,7 +313,7 @@ mod device {
                     r += lanes;
                 }
                 sync_plane();
-                // O += P·V, a 16-wide column tile at a time through the accumulator.
+                // O += P·V, a `t`-wide column tile at a time through the accumulator.
                 #[unroll]
                 for col in 0..dp / t {
                     let acc = unsafe {
@@ -371,9 +374,9 @@ mod device {
         }
     }
 
-    /// Writes a plane's `[16, dp]` result (accumulator tiles, times `factor`) to rows
-    /// `row0..row0 + 16` of `[n, d]` matrix `out` (from `base`), staging each tile through the
-    /// plane's `[16, 16]` f32 scratch at `at`.
+    /// Writes a plane's `[t, dp]` result (accumulator tiles, times `factor`) to rows
+    /// `row0..row0 + t` of `[n, d]` matrix `out` (from `base`), staging each tile through the
+    /// plane's `[t, t]` f32 scratch at `at`.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn write_rows<F: Float>(
@@ -411,7 +414,7 @@ mod device {
         }
     }
 
-    /// `dK` and `dV`: a plane per 16 keys, accumulating over 16 query rows a step (the rows,
+    /// `dK` and `dV`: a plane per `t` keys, accumulating over `t` query rows a step (the rows,
     /// their output gradients, `L` and `Δ` through shared memory).
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
@@ -442,17 +445,17 @@ mod device {
             let lane = UNIT_POS_X as usize;
             let lanes = PLANE_DIM as usize;
             let (q_base, kv_base) = (bh * nq * d, bh * nk * d);
-            let mut ks = SharedMemory::<E>::new(planes * t * dp);
-            let mut vs = SharedMemory::<E>::new(planes * t * dp);
-            let mut qs = SharedMemory::<E>::new(t * dp);
-            let mut gs = SharedMemory::<E>::new(t * dp);
-            let mut row_lse = SharedMemory::<f32>::new(t);
-            let mut row_delta = SharedMemory::<f32>::new(t);
+            let mut ks = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
+            let mut vs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
+            let mut qs = SharedMemory::<E>::new_aligned(t * dp, 32usize);
+            let mut gs = SharedMemory::<E>::new_aligned(t * dp, 32usize);
+            let mut row_lse = SharedMemory::<f32>::new_aligned(t, 32usize);
+            let mut row_delta = SharedMemory::<f32>::new_aligned(t, 32usize);
             // Per plane: Sᵀ and dPᵀ in f32, then Pᵀ and dSᵀ in E.
-            let mut st = SharedMemory::<f32>::new(planes * t * t);
-            let mut dpt = SharedMemory::<f32>::new(planes * t * t);
-            let mut pt = SharedMemory::<E>::new(planes * t * t);
-            let mut dst = SharedMemory::<E>::new(planes * t * t);
+            let mut st = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
+            let mut dpt = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
+            let mut pt = SharedMemory::<E>::new_aligned(planes * t * t, 32usize);
+            let mut dst = SharedMemory::<E>::new_aligned(planes * t * t, 32usize);
             load_rows::<F, E>(k, &mut ks, kv_base, first_key, nk, planes * t, d, dp);
             load_rows::<F, E>(v, &mut vs, kv_base, first_key, nk, planes * t, d, dp);
             let mut dk_acc = Sequence::<cmma::Matrix<f32>>::new();
@@ -529,7 +532,7 @@ mod device {
         }
     }
 
-    /// `dQ`: a plane per 16 query rows, accumulating over 16 keys a step.
+    /// `dQ`: a plane per `t` query rows, accumulating over `t` keys a step.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn query_grads_kernel<F: Float, E: Float>(
@@ -558,15 +561,15 @@ mod device {
             let lane = UNIT_POS_X as usize;
             let lanes = PLANE_DIM as usize;
             let (q_base, kv_base) = (bh * nq * d, bh * nk * d);
-            let mut qs = SharedMemory::<E>::new(planes * t * dp);
-            let mut gs = SharedMemory::<E>::new(planes * t * dp);
-            let mut ks = SharedMemory::<E>::new(t * dp);
-            let mut vs = SharedMemory::<E>::new(t * dp);
-            let mut row_lse = SharedMemory::<f32>::new(planes * t);
-            let mut row_delta = SharedMemory::<f32>::new(planes * t);
-            let mut ss = SharedMemory::<f32>::new(planes * t * t);
-            let mut dps = SharedMemory::<f32>::new(planes * t * t);
-            let mut dss = SharedMemory::<E>::new(planes * t * t);
+            let mut qs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
+            let mut gs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
+            let mut ks = SharedMemory::<E>::new_aligned(t * dp, 32usize);
+            let mut vs = SharedMemory::<E>::new_aligned(t * dp, 32usize);
+            let mut row_lse = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
+            let mut row_delta = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
+            let mut ss = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
+            let mut dps = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
+            let mut dss = SharedMemory::<E>::new_aligned(planes * t * t, 32usize);
             load_rows::<F, E>(q, &mut qs, q_base, first_row, nq, planes * t, d, dp);
             load_rows::<F, E>(grad, &mut gs, q_base, first_row, nq, planes * t, d, dp);
             let mut e = UNIT_POS as usize;
@@ -689,6 +692,10 @@ impl Layout {
         })? as usize;
         let dp = s.d.next_multiple_of(tile);
         let (t, half) = (tile, 2);
+        // Every shared array starts on 32 bytes (WMMA's loads and stores need 256-bit aligned
+        // pointers; CUDA packs the arrays into one block by their liveness): up to 32 bytes of
+        // padding before each of the kernels' (at most 12) arrays.
+        let padding = 12 * 32;
         // Shared memory. Forward: the cube's queries, a step's keys and values, the planes'
         // scores (f32 and the tiles' type), output accumulators and row statistics.
         let forward = |planes: usize, keys: usize| {
@@ -697,11 +704,16 @@ impl Layout {
                 + planes * t * keys * (4 + half)
                 + planes * t * dp * 4
                 + 3 * planes * t * 4
+                + padding
         };
         // Backward (the key-gradient kernel, the larger): the cube's keys and values, a step's
         // queries and output gradients with their L and Δ, the planes' Sᵀ, dPᵀ, Pᵀ and dSᵀ.
         let backward = |planes: usize| {
-            2 * planes * t * dp * half + 2 * t * dp * half + 8 * t + planes * t * t * (8 + 2 * half)
+            2 * planes * t * dp * half
+                + 2 * t * dp * half
+                + 8 * t
+                + planes * t * t * (8 + 2 * half)
+                + padding
         };
         let limit = hardware.max_shared_memory_size.min(48 * 1024);
         let units = hardware.max_units_per_cube as usize;
