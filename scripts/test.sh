@@ -26,10 +26,16 @@ echo "== tensor-core kernels, on a lavapipe with cooperative matrices"
 # Debian 12's lavapipe has no cooperative matrices, so the run above checks that the tensor-core
 # paths step aside; this one runs them (scripts/lavapipe-coopmat.sh: Mesa 26 unpacked under
 # ~/.cache/likeness, the test binary under its C library), with a kernel cache of its own.
+# The test binary is the one the build above made: asking cargo for it again (`--no-run`, nothing
+# left to compile) names its path. A second `cargo test --test kernel_policies` instead rebuilt
+# Burn and its dependencies under another feature set (4 m 47 s of a 42-minute CI run).
 scripts/lavapipe-coopmat.sh install
-LIKENESS_KERNEL_CACHE="$LIKENESS_KERNEL_CACHE-coopmat" \
-  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/lavapipe-coopmat.sh run" \
-  cargo test --workspace --locked --test kernel_policies tensor_cores 2>&1
+policies=$(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*/kernel_policies-[^"]*"' | cut -d'"' -f4 | head -n 1)
+[ -x "$policies" ] || { echo "the kernel_policies test binary was not found"; exit 1; }
+(cd crates/likeness-models &&
+  LIKENESS_KERNEL_CACHE="$LIKENESS_KERNEL_CACHE-coopmat" \
+    "$OLDPWD/scripts/lavapipe-coopmat.sh" run "$policies" tensor_cores 2>&1)
 echo "== front end: vitest, svelte-check"
 (cd ui && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check)
 echo "== end to end: the built app"

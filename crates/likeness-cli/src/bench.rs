@@ -977,9 +977,11 @@ where
     // With `--profile`, one more step after the timed ones, its phases and Likeness' layers
     // (forward) and autodiff ops (backward) timed with the device synchronised around each.
     let profiled_step = a.profile.then_some(a.iters + 1);
+    let mut step_paths = None;
     for i in 0..=profiled_step.unwrap_or(a.iters) {
         let profiled = profiled_step == Some(i);
         let mut phases = Phases::<B>::new(device, profiled);
+        let paths_before = KernelPaths::now();
         let began = Instant::now();
         let ctx = model.encode_text("a photo of sks dog", 0)?.repeat_dim(0, n);
         let ctx = Tensor::<AB, 3>::from_inner(ctx);
@@ -1017,6 +1019,7 @@ where
             continue;
         }
         times.push(ms);
+        step_paths = Some(KernelPaths::now().since(&paths_before));
         eprintln!(
             "db step {i}: {ms:.1} ms{}{}",
             if i == 0 { " (warm-up)" } else { "" },
@@ -1039,7 +1042,63 @@ where
             &times,
         ),
     );
+    if let Some(paths) = step_paths {
+        rows.insert(
+            1,
+            row(
+                &format!("paths of the last timed step: {paths}"),
+                label,
+                &[0.0, 0.0],
+            ),
+        );
+    }
     Ok(rows)
+}
+
+/// Where a piece of work ran, from the kernels' counters: which GEMM tier took each convolution
+/// pass, which of Burn's attention kernels took the attentions Likeness' own kernels do not, and
+/// how many of its own passes ran on tensor cores — so that a step's time reads against what ran.
+struct KernelPaths {
+    conv: [u64; 3],
+    flash: [u64; 4],
+    tensor_cores: [u64; 2],
+}
+
+impl KernelPaths {
+    fn now() -> Self {
+        use likeness_models::kernels::{attention, conv};
+        Self {
+            conv: conv::tier_counts(),
+            flash: attention::flash_counts(),
+            tensor_cores: attention::tensor_core_counts(),
+        }
+    }
+
+    /// The counts since `before`.
+    fn since(&self, before: &Self) -> Self {
+        fn sub<const N: usize>(a: [u64; N], b: [u64; N]) -> [u64; N] {
+            std::array::from_fn(|i| a[i].saturating_sub(b[i]))
+        }
+        Self {
+            conv: sub(self.conv, before.conv),
+            flash: sub(self.flash, before.flash),
+            tensor_cores: sub(self.tensor_cores, before.tensor_cores),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ([gemm, im2col, direct], [cmma, unit, composed, burn], [fwd, bwd]) =
+            (self.conv, self.flash, self.tensor_cores);
+        write!(
+            f,
+            "conv passes implicit GEMM {gemm}, im2col {im2col}, direct {direct}; Burn's \
+             attention kernels tensor-core flash {cmma}, unit flash {unit}, composed {composed}, \
+             its own choice {burn}; Likeness' attention passes on tensor cores forward {fwd}, \
+             backward {bwd}"
+        )
+    }
 }
 
 /// The phases of one profiled training step: wall time between marks with the device

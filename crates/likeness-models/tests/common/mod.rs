@@ -123,22 +123,51 @@ pub fn conv_grads<A: burn::tensor::backend::AutodiffBackend>(
     seed: u64,
     ours: bool,
 ) -> Vec<Vec<f32>> {
+    conv_grads_in::<A>(case, seed, ours, burn::tensor::DType::F32)
+}
+
+/// `t` in `dtype`: cast, and made a leaf of its own where that changed it (so that a tensor asked
+/// for its gradient afterwards gets one in `dtype`, not the f32 tensor's before the cast).
+pub fn in_dtype<A: Backend, const D: usize>(
+    t: Tensor<A, D>,
+    dtype: burn::tensor::DType,
+) -> Tensor<A, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype).detach()
+    }
+}
+
+/// [`conv_grads`] with inputs, weight and upstream gradient in `dtype` (the values read back as
+/// f32).
+pub fn conv_grads_in<A: burn::tensor::backend::AutodiffBackend>(
+    case: ConvCase,
+    seed: u64,
+    ours: bool,
+    dtype: burn::tensor::DType,
+) -> Vec<Vec<f32>> {
     let (xs, c_out, k, stride, padding, weight_trains) = case;
     let ws = [c_out, xs[1], k, k];
-    let x = tensor::<A, 4>(&numbers(xs.iter().product(), seed, 0.0, 1.0), xs).require_grad();
-    let mut w = tensor::<A, 4>(&numbers(ws.iter().product(), seed + 1, 0.0, 0.3), ws);
+    let t = |v: Vec<f32>, shape| in_dtype(tensor::<A, 4>(&v, shape), dtype);
+    let x = t(numbers(xs.iter().product(), seed, 0.0, 1.0), xs).require_grad();
+    let mut w = t(numbers(ws.iter().product(), seed + 1, 0.0, 0.3), ws);
     if weight_trains {
         w = w.require_grad();
     }
-    let b = tensor::<A, 1>(&numbers(c_out, seed + 2, 0.0, 0.5), [c_out]).require_grad();
+    let b = in_dtype(
+        tensor::<A, 1>(&numbers(c_out, seed + 2, 0.0, 0.5), [c_out]),
+        dtype,
+    )
+    .require_grad();
     let opts = burn::tensor::ops::ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
     let y = if ours {
         likeness_models::kernels::conv::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
     } else {
         burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts)
     };
-    let up = tensor::<A, 4>(
-        &numbers(y.dims().iter().product(), seed + 3, 0.0, 1.0),
+    let up = t(
+        numbers(y.dims().iter().product(), seed + 3, 0.0, 1.0),
         y.dims(),
     );
     let g = (y.clone().tanh() * up).sum().backward();

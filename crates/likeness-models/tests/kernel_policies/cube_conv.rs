@@ -8,6 +8,7 @@ use crate::common;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::ops::ConvOptions;
 use common::{ConvCase, assert_close, numbers, tensor, values};
 use likeness_models::kernels::conv::{
@@ -161,5 +162,65 @@ fn output_shapes_follow_burns() {
         let want = burn::tensor::module::conv2d(x, w, None, opts.clone()).dims();
         let got = likeness_models::kernels::conv::output_shape(xs, [c_out, xs[1], k, k], &opts);
         assert_eq!(got, want);
+    }
+}
+
+/// Burn's tensor-core implicit-GEMM algorithms in f16 where the runner says the adapter has
+/// cooperative matrices (`scripts/lavapipe-coopmat.sh run`): every pass of a 3×3 convolution and
+/// of a wider one runs on the synchronous algorithm, none left to Burn's, with the CPU's f32
+/// numbers to f16's precision. An asynchronous one, on an adapter without async copies (Vulkan:
+/// CubeCL has none there), is refused pass by pass — cubek compiles it empty and its launcher
+/// answers Ok (errors of 4e3 before the op refused it) — and Burn's numbers come back.
+#[test]
+fn tensor_cores_run_burns_conv_algorithms_in_half_precision() {
+    let _serial = crate::matmuls_serial();
+    if skip() {
+        return;
+    }
+    if std::env::var_os("LIKENESS_EXPECT_CMMA").is_none() {
+        eprintln!("no cooperative matrices expected (LIKENESS_EXPECT_CMMA unset): skipping");
+        return;
+    }
+    let runs = [
+        (
+            ConvAlgorithmChoice::SyncCyclic,
+            [CASES[0], CASES[5]].as_slice(),
+            true,
+        ),
+        (
+            ConvAlgorithmChoice::AsyncCyclic,
+            [CASES[5]].as_slice(),
+            false,
+        ),
+    ];
+    for (choice, cases, runs_here) in runs {
+        set_conv_algorithm(choice);
+        let [ran_before, fell_before] = algorithm_counts();
+        for (i, &case) in cases.iter().enumerate() {
+            let seed = 71 + 10 * i as u64;
+            let want = common::conv_grads::<Autodiff<F>>(case, seed, false);
+            let got = common::conv_grads_in::<Autodiff<W>>(case, seed, true, DType::F16);
+            assert_eq!(got.len(), want.len(), "{case:?}");
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                let e = common::rel_err(g, w);
+                println!(
+                    "{} f16 {case:?} output {k}: relative error {e:.2e}",
+                    choice.name()
+                );
+                assert!(e <= 1e-2, "{} {case:?} output {k}: {e:.3e}", choice.name());
+            }
+        }
+        let [ran, fell] = algorithm_counts();
+        set_conv_algorithm(ConvAlgorithmChoice::Burn);
+        // A forward, a data and a weight gradient each: all on the chosen algorithm, or (async
+        // copies missing) all left to Burn's.
+        let passes = 3 * cases.len() as u64;
+        let want = if runs_here { [passes, 0] } else { [0, passes] };
+        assert_eq!(
+            [ran - ran_before, fell - fell_before],
+            want,
+            "{}: [ran, left to Burn's]",
+            choice.name()
+        );
     }
 }

@@ -7,7 +7,8 @@
 use crate::common;
 
 use burn::backend::Autodiff;
-use common::{assert_close, numbers, tensor, values};
+use burn::tensor::DType;
+use common::{assert_close, in_dtype, numbers, tensor, values};
 use likeness_models::kernels::conv::{ConvPolicy, set_conv_policy};
 use likeness_models::kernels::matmul::{
     MatmulChoice, linear, matmul, matmul_choice, matmul_counts, set_matmul_choice,
@@ -26,13 +27,35 @@ fn linear_grads<A: burn::tensor::backend::AutodiffBackend>(
     weight_trains: bool,
     seed: u64,
 ) -> Vec<Vec<f32>> {
-    let x =
-        tensor::<A, 3>(&numbers(2 * rows * d_in, seed, 0.0, 1.0), [2, rows, d_in]).require_grad();
-    let mut w = tensor::<A, 2>(&numbers(d_out * d_in, seed + 1, 0.0, 0.3), [d_out, d_in]);
+    linear_grads_in::<A>(rows, d_in, d_out, weight_trains, seed, DType::F32)
+}
+
+/// [`linear_grads`] with input, weight and bias in `dtype` (the values read back as f32).
+fn linear_grads_in<A: burn::tensor::backend::AutodiffBackend>(
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    weight_trains: bool,
+    seed: u64,
+    dtype: DType,
+) -> Vec<Vec<f32>> {
+    let x = in_dtype(
+        tensor::<A, 3>(&numbers(2 * rows * d_in, seed, 0.0, 1.0), [2, rows, d_in]),
+        dtype,
+    )
+    .require_grad();
+    let mut w = in_dtype(
+        tensor::<A, 2>(&numbers(d_out * d_in, seed + 1, 0.0, 0.3), [d_out, d_in]),
+        dtype,
+    );
     if weight_trains {
         w = w.require_grad();
     }
-    let b = tensor::<A, 1>(&numbers(d_out, seed + 2, 0.1, 0.5), [d_out]).require_grad();
+    let b = in_dtype(
+        tensor::<A, 1>(&numbers(d_out, seed + 2, 0.1, 0.5), [d_out]),
+        dtype,
+    )
+    .require_grad();
     let y = linear(x.clone(), w.clone().transpose(), Some(b.clone()));
     let grads = y.clone().tanh().sum().backward();
     let mut out = vec![values(y), values(x.grad(&grads).expect("x trains"))];
@@ -158,4 +181,44 @@ fn every_algorithm_matches_burns_matmul_forward_and_backward() {
     assert_close("inference", &values(matmul(x, w)), &values(xf.matmul(wf)));
     assert_eq!(matmul_counts()[0], ran_before + 1);
     set_matmul_choice(MatmulChoice::Burn);
+}
+
+/// Burn's tensor-core matmul (the single-stage cyclic algorithm: Burn's pick without autotune)
+/// through the op, in f16 (tiles of f16 into f32): where the runner says the adapter has
+/// cooperative matrices (`scripts/lavapipe-coopmat.sh run`), every matmul of a linear layer's
+/// forward and gradients runs on them, none left to Burn's default, with the CPU's f32 numbers to
+/// f16's precision. Elsewhere (no cooperative matrices: Debian 12's lavapipe) the test above sees
+/// the tensor-core algorithms fall back. Only one algorithm: lavapipe takes ~45 s to compile an
+/// algorithm's three kernels (double-cyclic passed too, measured).
+#[test]
+fn tensor_cores_run_burns_matmul_algorithms_in_half_precision() {
+    let _serial = crate::matmuls_serial();
+    if common::skip_wgpu() {
+        return;
+    }
+    if std::env::var_os("LIKENESS_EXPECT_CMMA").is_none() {
+        eprintln!("no cooperative matrices expected (LIKENESS_EXPECT_CMMA unset): skipping");
+        return;
+    }
+    let (r, di, dout, t) = (37, 20, 24, true);
+    let want = linear_grads::<Autodiff<F>>(r, di, dout, t, 3);
+    for choice in [MatmulChoice::SimpleCyclic] {
+        set_matmul_choice(choice);
+        let before = matmul_counts();
+        let got = linear_grads_in::<Autodiff<W>>(r, di, dout, t, 3, DType::F16);
+        let counted = counted_since(before);
+        set_matmul_choice(MatmulChoice::Burn);
+        assert_eq!(counted, [3, 0], "{}: [ran, fell back]", choice.name());
+        assert_eq!(got.len(), want.len());
+        // f16 inputs and outputs: ≈5e-4 of the largest value each, sums over 20 to 74 terms.
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let e = common::rel_err(g, w);
+            println!("{} f16 output {k}: relative error {e:.2e}", choice.name());
+            assert!(
+                e <= 1e-2,
+                "{} output {k}: relative error {e:.3e}",
+                choice.name()
+            );
+        }
+    }
 }

@@ -32,7 +32,12 @@ use super::{cubes, empty};
 /// lavapipe (what CI tests on) 8.
 const TILES: [u32; 2] = [16, 8];
 
+/// Where every shared array starts, in bytes: WMMA's loads and stores need 256-bit aligned
+/// pointers.
+const SHARED_ALIGN: usize = 32;
+
 mod device {
+    use super::SHARED_ALIGN;
     use cubecl::prelude::*;
 
     /// The keys that query `i` sees: all `n_k`, or under the (bottom-right aligned) causal mask
@@ -223,17 +228,17 @@ mod device {
             let lane = UNIT_POS_X as usize;
             let lanes = PLANE_DIM as usize;
             let (q_base, kv_base) = (bh * nq * d, bh * nk * d);
-            let mut qs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
-            let mut ks = SharedMemory::<E>::new_aligned(keys * dp, 32usize);
-            let mut vs = SharedMemory::<E>::new_aligned(keys * dp, 32usize);
+            let mut qs = SharedMemory::<E>::new_aligned(planes * t * dp, SHARED_ALIGN);
+            let mut ks = SharedMemory::<E>::new_aligned(keys * dp, SHARED_ALIGN);
+            let mut vs = SharedMemory::<E>::new_aligned(keys * dp, SHARED_ALIGN);
             // Per plane: its scores (then probabilities in f32), probabilities in E, output
             // accumulator, and its rows' running max, sum and rescale factor.
-            let mut ss = SharedMemory::<f32>::new_aligned(planes * t * keys, 32usize);
-            let mut ps = SharedMemory::<E>::new_aligned(planes * t * keys, 32usize);
-            let mut os = SharedMemory::<f32>::new_aligned(planes * t * dp, 32usize);
-            let mut ms = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
-            let mut ls = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
-            let mut alphas = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
+            let mut ss = SharedMemory::<f32>::new_aligned(planes * t * keys, SHARED_ALIGN);
+            let mut ps = SharedMemory::<E>::new_aligned(planes * t * keys, SHARED_ALIGN);
+            let mut os = SharedMemory::<f32>::new_aligned(planes * t * dp, SHARED_ALIGN);
+            let mut ms = SharedMemory::<f32>::new_aligned(planes * t, SHARED_ALIGN);
+            let mut ls = SharedMemory::<f32>::new_aligned(planes * t, SHARED_ALIGN);
+            let mut alphas = SharedMemory::<f32>::new_aligned(planes * t, SHARED_ALIGN);
             load_rows::<F, E>(q, &mut qs, q_base, first_row, nq, planes * t, d, dp);
             let (s_at, o_at, r_at) = (plane * t * keys, plane * t * dp, plane * t);
             let mut e = lane;
@@ -445,17 +450,17 @@ mod device {
             let lane = UNIT_POS_X as usize;
             let lanes = PLANE_DIM as usize;
             let (q_base, kv_base) = (bh * nq * d, bh * nk * d);
-            let mut ks = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
-            let mut vs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
-            let mut qs = SharedMemory::<E>::new_aligned(t * dp, 32usize);
-            let mut gs = SharedMemory::<E>::new_aligned(t * dp, 32usize);
-            let mut row_lse = SharedMemory::<f32>::new_aligned(t, 32usize);
-            let mut row_delta = SharedMemory::<f32>::new_aligned(t, 32usize);
+            let mut ks = SharedMemory::<E>::new_aligned(planes * t * dp, SHARED_ALIGN);
+            let mut vs = SharedMemory::<E>::new_aligned(planes * t * dp, SHARED_ALIGN);
+            let mut qs = SharedMemory::<E>::new_aligned(t * dp, SHARED_ALIGN);
+            let mut gs = SharedMemory::<E>::new_aligned(t * dp, SHARED_ALIGN);
+            let mut row_lse = SharedMemory::<f32>::new_aligned(t, SHARED_ALIGN);
+            let mut row_delta = SharedMemory::<f32>::new_aligned(t, SHARED_ALIGN);
             // Per plane: Sᵀ and dPᵀ in f32, then Pᵀ and dSᵀ in E.
-            let mut st = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
-            let mut dpt = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
-            let mut pt = SharedMemory::<E>::new_aligned(planes * t * t, 32usize);
-            let mut dst = SharedMemory::<E>::new_aligned(planes * t * t, 32usize);
+            let mut st = SharedMemory::<f32>::new_aligned(planes * t * t, SHARED_ALIGN);
+            let mut dpt = SharedMemory::<f32>::new_aligned(planes * t * t, SHARED_ALIGN);
+            let mut pt = SharedMemory::<E>::new_aligned(planes * t * t, SHARED_ALIGN);
+            let mut dst = SharedMemory::<E>::new_aligned(planes * t * t, SHARED_ALIGN);
             load_rows::<F, E>(k, &mut ks, kv_base, first_key, nk, planes * t, d, dp);
             load_rows::<F, E>(v, &mut vs, kv_base, first_key, nk, planes * t, d, dp);
             let mut dk_acc = Sequence::<cmma::Matrix<f32>>::new();
@@ -561,15 +566,15 @@ mod device {
             let lane = UNIT_POS_X as usize;
             let lanes = PLANE_DIM as usize;
             let (q_base, kv_base) = (bh * nq * d, bh * nk * d);
-            let mut qs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
-            let mut gs = SharedMemory::<E>::new_aligned(planes * t * dp, 32usize);
-            let mut ks = SharedMemory::<E>::new_aligned(t * dp, 32usize);
-            let mut vs = SharedMemory::<E>::new_aligned(t * dp, 32usize);
-            let mut row_lse = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
-            let mut row_delta = SharedMemory::<f32>::new_aligned(planes * t, 32usize);
-            let mut ss = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
-            let mut dps = SharedMemory::<f32>::new_aligned(planes * t * t, 32usize);
-            let mut dss = SharedMemory::<E>::new_aligned(planes * t * t, 32usize);
+            let mut qs = SharedMemory::<E>::new_aligned(planes * t * dp, SHARED_ALIGN);
+            let mut gs = SharedMemory::<E>::new_aligned(planes * t * dp, SHARED_ALIGN);
+            let mut ks = SharedMemory::<E>::new_aligned(t * dp, SHARED_ALIGN);
+            let mut vs = SharedMemory::<E>::new_aligned(t * dp, SHARED_ALIGN);
+            let mut row_lse = SharedMemory::<f32>::new_aligned(planes * t, SHARED_ALIGN);
+            let mut row_delta = SharedMemory::<f32>::new_aligned(planes * t, SHARED_ALIGN);
+            let mut ss = SharedMemory::<f32>::new_aligned(planes * t * t, SHARED_ALIGN);
+            let mut dps = SharedMemory::<f32>::new_aligned(planes * t * t, SHARED_ALIGN);
+            let mut dss = SharedMemory::<E>::new_aligned(planes * t * t, SHARED_ALIGN);
             load_rows::<F, E>(q, &mut qs, q_base, first_row, nq, planes * t, d, dp);
             load_rows::<F, E>(grad, &mut gs, q_base, first_row, nq, planes * t, d, dp);
             let mut e = UNIT_POS as usize;
@@ -692,10 +697,10 @@ impl Layout {
         })? as usize;
         let dp = s.d.next_multiple_of(tile);
         let (t, half) = (tile, 2);
-        // Every shared array starts on 32 bytes (WMMA's loads and stores need 256-bit aligned
-        // pointers; CUDA packs the arrays into one block by their liveness): up to 32 bytes of
-        // padding before each of the kernels' (at most 12) arrays.
-        let padding = 12 * 32;
+        // Every shared array starts on `SHARED_ALIGN` bytes (CUDA packs the arrays into one block
+        // by their liveness): up to that much padding before each of the kernels' (at most 12)
+        // arrays.
+        let padding = 12 * SHARED_ALIGN;
         // Shared memory. Forward: the cube's queries, a step's keys and values, the planes'
         // scores (f32 and the tiles' type), output accumulators and row statistics.
         let forward = |planes: usize, keys: usize| {
