@@ -188,8 +188,8 @@ fn every_algorithm_matches_burns_matmul_forward_and_backward() {
 /// cooperative matrices (`scripts/lavapipe-coopmat.sh run`), every matmul of a linear layer's
 /// forward and gradients runs on them, none left to Burn's default, with the CPU's f32 numbers to
 /// f16's precision. Elsewhere (no cooperative matrices: Debian 12's lavapipe) the test above sees
-/// the tensor-core algorithms fall back. Only one algorithm: lavapipe takes ~45 s to compile an
-/// algorithm's three kernels (double-cyclic passed too, measured).
+/// the tensor-core algorithms fall back. One algorithm that runs: lavapipe takes ~45 s to compile
+/// an algorithm's three kernels (double-cyclic passed too, measured).
 #[test]
 fn tensor_cores_run_burns_matmul_algorithms_in_half_precision() {
     let _serial = crate::matmuls_serial();
@@ -202,13 +202,18 @@ fn tensor_cores_run_burns_matmul_algorithms_in_half_precision() {
     }
     let (r, di, dout, t) = (37, 20, 24, true);
     let want = linear_grads::<Autodiff<F>>(r, di, dout, t, 3);
-    for choice in [MatmulChoice::SimpleCyclic] {
+    // The specialized cyclic algorithm loads through async copies, which CubeCL has nowhere but
+    // on CUDA: refused on a Vulkan adapter, every matmul left to Burn's default.
+    for (choice, counts) in [
+        (MatmulChoice::SimpleCyclic, [3, 0]),
+        (MatmulChoice::SpecializedCyclic, [0, 3]),
+    ] {
         set_matmul_choice(choice);
         let before = matmul_counts();
         let got = linear_grads_in::<Autodiff<W>>(r, di, dout, t, 3, DType::F16);
         let counted = counted_since(before);
         set_matmul_choice(MatmulChoice::Burn);
-        assert_eq!(counted, [3, 0], "{}: [ran, fell back]", choice.name());
+        assert_eq!(counted, counts, "{}: [ran, fell back]", choice.name());
         assert_eq!(got.len(), want.len());
         // f16 inputs and outputs: ≈5e-4 of the largest value each, sums over 20 to 74 terms.
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
