@@ -530,6 +530,31 @@ fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> Cu
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
 }
 
+/// How one of Burn's (cubek's) matmul or implicit-GEMM algorithms loads its tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loads {
+    /// Plain loads: every device.
+    Sync,
+    /// Async copies and barriers.
+    Async,
+    /// The Tensor Memory Accelerator.
+    Tma,
+}
+
+/// What the device lacks for `loads`, if anything. cubek's loaders check it inside the kernel as
+/// it is expanded: where it is missing, the kernel is compiled empty and cubek's launcher still
+/// answers Ok, its output never written (seen with the asynchronous convolution algorithms on a
+/// Vulkan adapter: errors of 4e3 against Burn's numbers). CubeCL has neither feature outside
+/// CUDA, so the matmul and convolution ops ask before they launch.
+fn missing_for<R: CubeRuntime>(like: &CubeTensor<R>, loads: Loads) -> Option<&'static str> {
+    let features = &like.client.properties().features;
+    match loads {
+        Loads::Async if !features.copy_async => Some("the device has no async copies"),
+        Loads::Tma if features.tma.is_empty() => Some("the device has no TMA"),
+        _ => None,
+    }
+}
+
 /// Cubes for `count` items of work (a cube each), spread within the device's limits.
 fn cubes<R: CubeRuntime>(like: &CubeTensor<R>, count: usize) -> CubeCount {
     CubeCountSelection::new(&like.client, count as u32).cube_count()

@@ -126,19 +126,6 @@ pub fn conv_grads<A: burn::tensor::backend::AutodiffBackend>(
     conv_grads_in::<A>(case, seed, ours, burn::tensor::DType::F32)
 }
 
-/// `t` in `dtype`: cast, and made a leaf of its own where that changed it (so that a tensor asked
-/// for its gradient afterwards gets one in `dtype`, not the f32 tensor's before the cast).
-pub fn in_dtype<A: Backend, const D: usize>(
-    t: Tensor<A, D>,
-    dtype: burn::tensor::DType,
-) -> Tensor<A, D> {
-    if t.dtype() == dtype {
-        t
-    } else {
-        t.cast(dtype).detach()
-    }
-}
-
 /// [`conv_grads`] with inputs, weight and upstream gradient in `dtype` (the values read back as
 /// f32).
 pub fn conv_grads_in<A: burn::tensor::backend::AutodiffBackend>(
@@ -149,6 +136,7 @@ pub fn conv_grads_in<A: burn::tensor::backend::AutodiffBackend>(
 ) -> Vec<Vec<f32>> {
     let (xs, c_out, k, stride, padding, weight_trains) = case;
     let ws = [c_out, xs[1], k, k];
+    use likeness_models::nn::in_dtype;
     let t = |v: Vec<f32>, shape| in_dtype(tensor::<A, 4>(&v, shape), dtype);
     let x = t(numbers(xs.iter().product(), seed, 0.0, 1.0), xs).require_grad();
     let mut w = t(numbers(ws.iter().product(), seed + 1, 0.0, 0.3), ws);

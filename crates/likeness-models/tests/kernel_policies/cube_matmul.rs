@@ -8,11 +8,12 @@ use crate::common;
 
 use burn::backend::Autodiff;
 use burn::tensor::DType;
-use common::{assert_close, in_dtype, numbers, tensor, values};
+use common::{assert_close, numbers, tensor, values};
 use likeness_models::kernels::conv::{ConvPolicy, set_conv_policy};
 use likeness_models::kernels::matmul::{
     MatmulChoice, linear, matmul, matmul_choice, matmul_counts, set_matmul_choice,
 };
+use likeness_models::nn::in_dtype;
 
 type W = burn::backend::Wgpu<f32>;
 type F = burn::backend::Flex;

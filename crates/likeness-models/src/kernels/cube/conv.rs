@@ -28,7 +28,7 @@ use burn_cubecl::kernel::conv::{
 };
 use burn_cubecl::tensor::CubeTensor;
 
-use super::{Apply, KernelOp, applies, enabled, primitive, tensor};
+use super::{Apply, KernelOp, Loads, applies, enabled, missing_for, primitive, tensor};
 use crate::kernels::conv::{ConvAlgorithmChoice, Pass};
 use burn::prelude::Backend;
 use burn_cubecl::kernel::into_contiguous;
@@ -303,22 +303,20 @@ fn chosen_gemm<R: CubeRuntime>(
     if conv.groups != 1 || a.dtype != b.dtype || strided_data {
         return None;
     }
-    // The asynchronous loaders check the device's async copies and barriers (and TMA's) inside
-    // the kernel, as it is expanded: where it has none, the kernel is compiled empty, and cubek's
-    // launcher still answers Ok — its output never written (seen on a Vulkan adapter, where
-    // CubeCL has no async copies: errors of 4e3 against Burn's numbers). Refused here instead.
-    let features = &a.client.properties().features;
-    let needs_async = matches!(
-        choice,
+    let loads = match choice {
         C::AsyncCyclic
-            | C::AsyncCyclicMma
-            | C::AsyncStrided
-            | C::AsyncStridedMma
-            | C::SpecializedCyclic
-    );
-    let needs_tma = matches!(choice, C::Tma | C::TmaMma | C::SpecializedTma);
-    if (needs_async && !features.copy_async) || (needs_tma && features.tma.is_empty()) {
-        tracing::debug!("conv algorithm {choice:?}: the device has no async copies or TMA");
+        | C::AsyncCyclicMma
+        | C::AsyncStrided
+        | C::AsyncStridedMma
+        | C::SpecializedCyclic => Loads::Async,
+        C::Tma | C::TmaMma | C::SpecializedTma => Loads::Tma,
+        _ => Loads::Sync,
+    };
+    if let Some(missing) = missing_for(a, loads) {
+        tracing::debug!(
+            "conv algorithm {choice:?} refused {:?}: {missing}",
+            conv.pass
+        );
         ALGORITHMS.add(1);
         return None;
     }

@@ -23,7 +23,7 @@ use cubek::matmul::routines::simple_unit::SimpleUnitSelectionArgs;
 use cubek::matmul::routines::{BlueprintStrategy, TileSizeSelection};
 use cubek::std::InputBinding;
 
-use super::{KernelOp, Tally, empty};
+use super::{KernelOp, Loads, Tally, empty, missing_for};
 use crate::kernels::matmul::MatmulChoice;
 
 /// `[chosen algorithm ran, fell back to Strategy::Auto]`.
@@ -148,7 +148,14 @@ pub fn matmul_on<R: CubeRuntime>(
         return None;
     }
     let out = empty(&lhs, Shape::from(shape), lhs.dtype);
-    let launched = match missing_feature(choice, &lhs) {
+    let loads = match choice {
+        MatmulChoice::SpecializedCyclic | MatmulChoice::SpecializedCyclicMma => Loads::Async,
+        MatmulChoice::SimpleTma
+        | MatmulChoice::SimpleTmaMultiRow
+        | MatmulChoice::SpecializedTma => Loads::Tma,
+        _ => Loads::Sync,
+    };
+    let launched = match missing_for(&lhs, loads) {
         Some(missing) => Err(MatmulSetupError::InvalidConfig(Box::new(missing))),
         None => launch(&strategy, &lhs, &rhs, &out),
     };
@@ -164,28 +171,6 @@ pub fn matmul_on<R: CubeRuntime>(
         }
     }
     Some(out)
-}
-
-/// What the device lacks that `choice`'s loaders need: async copies (the specialized cyclic
-/// algorithms) or TMA. Those loaders check it inside the kernel as it is expanded, compile it
-/// empty where it is missing and cubek's launcher still answers Ok, the output never written
-/// (seen with the convolutions' asynchronous algorithms on Vulkan, where CubeCL has neither), so
-/// the op checks first.
-fn missing_feature<R: CubeRuntime>(
-    choice: MatmulChoice,
-    like: &CubeTensor<R>,
-) -> Option<&'static str> {
-    use MatmulChoice as C;
-    let features = &like.client.properties().features;
-    match choice {
-        C::SpecializedCyclic | C::SpecializedCyclicMma if !features.copy_async => {
-            Some("the device has no async copies")
-        }
-        C::SimpleTma | C::SimpleTmaMultiRow | C::SpecializedTma if features.tma.is_empty() => {
-            Some("the device has no TMA")
-        }
-        _ => None,
-    }
 }
 
 /// [`matmul_on`] as a kernel op (under fusion, a custom operation in the stream).
