@@ -17,8 +17,8 @@ need_pkgs=(build-essential pkg-config curl ca-certificates)
 need_pkgs+=(libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev libssl-dev)
 if [ "$mode" = "test" ]; then
   # Mesa's CPU Vulkan driver (lavapipe) runs the wgpu smoke test without a GPU; the app's
-  # end-to-end test drives WebKitWebDriver under Xvfb.
-  need_pkgs+=(mesa-vulkan-drivers libvulkan1 webkit2gtk-driver xvfb xauth x11-apps)
+  # end-to-end test drives WebKitWebDriver under Xvfb; jq reads cargo's JSON for the test runner.
+  need_pkgs+=(mesa-vulkan-drivers libvulkan1 webkit2gtk-driver xvfb xauth x11-apps jq)
 fi
 
 missing=()
