@@ -64,8 +64,13 @@ under() {
 }
 
 check() {
-  (under "$prefix/root/usr/bin/vulkaninfo" 2>/dev/null) | grep -E 'driverInfo|VK_KHR_cooperative_matrix' |
-    sort -u | tee /dev/stderr | grep -q VK_KHR_cooperative_matrix
+  # Shown on stderr through the shell's own descriptor: `tee /dev/stderr` reopened the file that
+  # stderr was redirected to and truncated it (CI's whole log before this step, twice).
+  local info
+  info=$( (under "$prefix/root/usr/bin/vulkaninfo" 2>/dev/null) |
+    grep -E 'driverInfo|VK_KHR_cooperative_matrix' | sort -u) || true
+  printf '%s\n' "$info" >&2
+  grep -q VK_KHR_cooperative_matrix <<<"$info"
 }
 
 case "${1:-}" in

@@ -7,7 +7,7 @@
 # threads. They share the kernel cache (CubeCL's files take a lock or append whole entries, and
 # Mesa's shader cache is made for many processes). Extra jobs: `NAME=COMMAND` arguments, run from
 # the repository root in the same pool (CI: the tensor-core tests under the coopmat lavapipe,
-# the front end's tests).
+# the front end's tests and the app end to end).
 #
 #   scripts/test-jobs.sh [NAME=COMMAND ...]
 #
@@ -26,7 +26,7 @@ weight() {
     likeness-cli/suite) echo 270 ;;
     likeness-models/kernel_policies) echo 260 ;;
     coopmat) echo 240 ;;
-    frontend) echo 90 ;;
+    frontend-e2e) echo 210 ;;
     likeness-train/suite) echo 50 ;;
     likeness-app/commands) echo 45 ;;
     likeness-models/tuning_counter_wgpu) echo 25 ;;

@@ -22,22 +22,22 @@ export RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-Dwarnings"
 cargo test --workspace --locked --no-run
 echo "== cargo test"
 cargo test --workspace --locked --doc 2>&1
-# The test binaries two at a time, longest first (scripts/test-jobs.sh); in the same pool the
-# front end's tests (vitest, svelte-check) and the tensor-core kernels on a lavapipe with cooperative matrices: Debian 12's lavapipe (Mesa 22.3)
-# has none, so the plain run checks that the tensor-core paths step aside; this one runs them
+# The test binaries two at a time, longest first (scripts/test-jobs.sh). In the same pool: the
+# tensor-core kernels on a lavapipe with cooperative matrices, and the front end's tests followed
+# by the app end to end. Debian 12's lavapipe (Mesa 22.3) has no cooperative matrices, so the
+# plain run checks that the tensor-core paths step aside; the coopmat job runs them
 # (scripts/lavapipe-coopmat.sh: Mesa 26 unpacked under ~/.cache/likeness, the test binary under
 # its C library), with a kernel cache of its own. Its binary is the one the build above made:
 # asking cargo for it again (`--no-run`, nothing left to compile) names its path. A second
 # `cargo test --test kernel_policies` instead rebuilt Burn and its dependencies under another
-# feature set (4 m 47 s of a 42-minute CI run).
+# feature set (4 m 47 s of a 42-minute CI run). The end-to-end test builds the app with the test
+# build's features, so that build's dependencies are reused (scripts/e2e.sh says how) and nothing
+# the running tests use is rebuilt; the UI's packages are installed by that one job only.
 scripts/lavapipe-coopmat.sh install
 policies=$(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*/kernel_policies-[^"]*"' | cut -d'"' -f4 | head -n 1)
 [ -x "$policies" ] || { echo "the kernel_policies test binary was not found"; exit 1; }
 scripts/test-jobs.sh "coopmat=cd crates/likeness-models &&
   LIKENESS_KERNEL_CACHE='$LIKENESS_KERNEL_CACHE-coopmat' ../../scripts/lavapipe-coopmat.sh run '$policies' tensor_cores" \
-  "frontend=cd ui && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check"
-echo "== end to end: the built app"
-# The app is built with the test build's features, so it reuses that build's dependencies
-# (scripts/e2e.sh says how).
-scripts/e2e.sh
+  "frontend-e2e=(cd ui && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check) &&
+  scripts/e2e.sh"
