@@ -227,6 +227,9 @@ item db-bf16-b1-ckpt 60 diffusers $P --precision bf16 --only db-step --batch 1 -
 item db-bf16-b1-ckpt 100 likeness $L --precision bf16 --only db-step --batch 1 --iters 3 --gradient-checkpointing
 item db-bf16-b4 60 diffusers $P --precision bf16 --only db-step --batch 4 --iters 3
 item db-bf16-b4 100 likeness $L --precision bf16 --only db-step --batch 4 --iters 3
+# The layers recomputed in backward (session 21): the memory they save grows with the batch.
+item db-bf16-b4-ckpt 60 diffusers $P --precision bf16 --only db-step --batch 4 --iters 3 --gradient-checkpointing
+item db-bf16-b4-ckpt 100 likeness $L --precision bf16 --only db-step --batch 4 --iters 3 --gradient-checkpointing
 item db-bf16-b1 120 likeness-burnops $LK --precision bf16 --only db-step --batch 1 --iters 3
 item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 3
 item ops-f32 40 diffusers $P --precision f32 --only ops --iters 5

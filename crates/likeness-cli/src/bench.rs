@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// Pictures per db-step batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Recompute activations in the db-step backward (Burn's balanced checkpointing).
+    /// Recompute the UNet's layers in the db-step and dpo-step backward (gradient checkpointing).
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// After the timed UNet forwards, time one more layer by layer (device synchronised around
@@ -176,15 +176,9 @@ impl BackendTask for BenchTask {
         if a.only == "dpo-step" {
             rows.push(dpo_step::<B>(&model, &a, &label, &device, placement)?);
         } else if a.only == "db-step" {
-            use burn::backend::Autodiff;
-            use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-            rows.extend(if a.gradient_checkpointing {
-                db_step::<B, Autodiff<B, BalancedCheckpointing>>(
-                    &model, &a, &label, &device, placement,
-                )?
-            } else {
-                db_step::<B, Autodiff<B>>(&model, &a, &label, &device, placement)?
-            });
+            rows.extend(db_step::<B, burn::backend::Autodiff<B>>(
+                &model, &a, &label, &device, placement,
+            )?);
         }
         if matches!(a.only.as_str(), "dpo-step" | "db-step") {
             finish_rows(&mut rows, placement);
@@ -1002,10 +996,22 @@ where
             likeness_models::profile::watch_memory(pool_probe(placement));
             likeness_models::profile::set_enabled(true);
         }
-        let loss = (unet.forward(noisy, t, ctx) - target).powi_scalar(2).mean();
-        phases.mark("UNet forward + loss");
-        let mut grads = FlatGrads::from_loss(loss, &unet);
-        phases.mark("backward");
+        let loss = |pred: Tensor<AB, 4>| (pred - target).powi_scalar(2).mean();
+        let mut grads = if a.gradient_checkpointing {
+            // Forward and backward are one call: the layers are recomputed in backward.
+            let mut grads = FlatGrads::default();
+            unet.backward_checkpointed(noisy, t, ctx, loss, &mut |g| {
+                grads.accumulate(FlatGrads::from_grads::<AB, _>(g, &unet))
+            })?;
+            phases.mark(CHECKPOINTED_PHASE);
+            grads
+        } else {
+            let loss = loss(unet.forward(noisy, t, ctx));
+            phases.mark("UNet forward + loss");
+            let grads = FlatGrads::from_loss(loss, &unet);
+            phases.mark("backward");
+            grads
+        };
         likeness_models::profile::set_enabled(false);
         grads.clip_global_norm(1.0);
         unet = optim.step(1e-4, unet, grads);
@@ -1054,6 +1060,10 @@ where
     }
     Ok(rows)
 }
+
+/// The db-step profile's phase under gradient checkpointing: the UNet's forward, the loss and
+/// the backward with its recomputation are one call.
+const CHECKPOINTED_PHASE: &str = "UNet forward + loss + backward, checkpointed";
 
 /// Where a piece of work ran, from the kernels' counters: which GEMM tier took each convolution
 /// pass, which of Burn's attention kernels took the attentions Likeness' own kernels do not, and
@@ -1147,6 +1157,7 @@ impl<'a, B: Backend> Phases<'a, B> {
             .iter()
             .map(|(p, ms)| row(&format!("step profile: {p}"), label, &[*ms]))
             .collect();
+        let checkpointed = phase(CHECKPOINTED_PHASE);
         for (backward, phase_name) in [(false, "UNet forward + loss"), (true, "backward")] {
             let mine: Vec<_> = ops
                 .iter()
@@ -1160,10 +1171,18 @@ impl<'a, B: Backend> Phases<'a, B> {
                     &[o.ms],
                 ));
             }
-            let covered: f64 = mine.iter().map(|(_, o)| o.ms).sum();
-            let other = (phase(phase_name) - covered).max(0.0);
-            let name = if backward { "bwd other" } else { "fwd other" };
-            rows.push(row(&format!("step profile: {name}"), label, &[other]));
+            if checkpointed == 0.0 {
+                let covered: f64 = mine.iter().map(|(_, o)| o.ms).sum();
+                let other = (phase(phase_name) - covered).max(0.0);
+                let name = if backward { "bwd other" } else { "fwd other" };
+                rows.push(row(&format!("step profile: {name}"), label, &[other]));
+            }
+        }
+        if checkpointed > 0.0 {
+            // Forward, recomputation and backward are one phase: what the timed ops leave of it.
+            let covered: f64 = ops.iter().map(|(_, o)| o.ms).sum();
+            let other = (checkpointed - covered).max(0.0);
+            rows.push(row("step profile: fwd + bwd other", label, &[other]));
         }
         rows.push(row("step profile: total (synchronised)", label, &[total]));
         if let Some((bytes, after)) = likeness_models::profile::memory_peak() {
@@ -1204,8 +1223,8 @@ fn dpo_step<B: Backend>(
     use likeness_models::lora::{self, LoraSet, LoraShape, LoraTargets};
     use likeness_models::schedulers::NoiseSchedule;
     use likeness_models::unet::UNet2DConditionModel;
-    use likeness_train::dpo::{DpoBatch, dpo_terms};
-    use likeness_train::optim::{AdamW, AdamWConfig, FlatGrads};
+    use likeness_train::dpo::{DpoBatch, dpo_grads};
+    use likeness_train::optim::{AdamW, AdamWConfig};
     use rand::SeedableRng;
 
     let shape = LoraShape {
@@ -1232,9 +1251,16 @@ fn dpo_step<B: Backend>(
     let mut times = Vec::new();
     for i in 0..=a.iters {
         let began = Instant::now();
-        let terms = dpo_terms(&schedule, 5000.0, &unet, &reference, &batch)
-            .map_err(|e| likeness_models::ModelError::Invalid(e.to_string()))?;
-        let mut grads = FlatGrads::from_loss(terms.loss, &unet);
+        let (_, mut grads) = dpo_grads(
+            &schedule,
+            5000.0,
+            &unet,
+            &reference,
+            &batch,
+            &unet,
+            a.gradient_checkpointing,
+        )
+        .map_err(|e| likeness_models::ModelError::Invalid(e.to_string()))?;
         grads.clip_global_norm(1.0);
         unet = optim.step(1e-5, unet, grads);
         // Reading a weight back waits for the step's work to finish.
@@ -1250,7 +1276,12 @@ fn dpo_step<B: Backend>(
     }
     Ok(row(
         &format!(
-            "DPO step (4 UNet passes + backward + AdamW, LoRA r4), 1 pair, {}px",
+            "DPO step (4 UNet passes + backward + AdamW, LoRA r4{}), 1 pair, {}px",
+            if a.gradient_checkpointing {
+                ", grad ckpt"
+            } else {
+                ""
+            },
             a.size
         ),
         label,

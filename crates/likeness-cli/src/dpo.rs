@@ -80,6 +80,10 @@ pub struct DpoArgs {
     /// Treat the model as v-prediction (SD 2.x 768 models).
     #[arg(long)]
     pub v_prediction: bool,
+    /// Recompute the UNet's layers in backward instead of keeping their activations (less GPU
+    /// memory, one more forward pass per step).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// bf16 or f16: mixed precision (base weights and activations in that dtype; LoRA adapters,
@@ -133,6 +137,7 @@ fn config_from(args: &DpoArgs) -> anyhow::Result<DpoConfig> {
     c.seed = args.seed;
     c.resolution = args.resolution;
     c.checkpoint_every = args.checkpoint_every;
+    c.gradient_checkpointing = args.gradient_checkpointing;
     Ok(c)
 }
 

@@ -112,7 +112,8 @@ pub struct DreamBoothArgs {
     /// Treat the model as v-prediction (SD 2.x 768 models).
     #[arg(long)]
     pub v_prediction: bool,
-    /// Recompute activations during backward (less memory, slower).
+    /// Recompute the UNet's layers in backward instead of keeping their activations (less GPU
+    /// memory, one more forward pass per step).
     #[arg(long)]
     pub gradient_checkpointing: bool,
     #[arg(long, default_value = "auto")]

@@ -114,6 +114,10 @@ pub struct DpoConfig {
     /// the loss in f32); `f32` (the default) runs everything in f32.
     #[serde(default)]
     pub mixed_precision: Precision,
+    /// Recompute the UNet's layers in backward instead of keeping their activations (less
+    /// memory, a second forward pass of time).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 impl DpoConfig {
@@ -158,6 +162,7 @@ impl DpoConfig {
                 alpha: 4.0,
             },
             mixed_precision: Precision::F32,
+            gradient_checkpointing: false,
         }
     }
 
@@ -738,33 +743,108 @@ where
     B: Backend,
     AB: AutodiffBackend<InnerBackend = B>,
 {
-    let p = batch.winners.dims()[0];
-    let ts = [batch.timesteps.clone(), batch.timesteps.clone()].concat();
-    let latents = Tensor::cat(vec![batch.winners.clone(), batch.losers.clone()], 0);
-    let noise = Tensor::cat(vec![batch.noise.clone(), batch.noise.clone()], 0);
-    let noisy = schedule.add_noise(latents.clone(), noise.clone(), &ts)?;
-    let target = schedule.target(latents, noise, &ts)?;
-    let device = noisy.device();
-    let t = Tensor::<B, 1>::from_data(
-        TensorData::new(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [2 * p]),
-        &device,
-    );
-    let context = Tensor::cat(vec![batch.context.clone(), batch.context.clone()], 0);
-
-    let ref_pred = reference.forward(noisy.clone(), t.clone(), context.clone());
-    let ref_err = per_sample_mse(ref_pred, target.clone());
-    let ref_w = Tensor::<AB, 1>::from_inner(ref_err.clone().narrow(0, 0, p));
-    let ref_l = Tensor::<AB, 1>::from_inner(ref_err.narrow(0, p, p));
-
+    let pass = DpoPass::new(schedule, beta, reference, batch)?;
     let pred = unet.forward(
-        Tensor::from_inner(noisy),
-        Tensor::from_inner(t),
-        Tensor::from_inner(context),
+        Tensor::from_inner(pass.noisy.clone()),
+        Tensor::from_inner(pass.t.clone()),
+        Tensor::from_inner(pass.context.clone()),
     );
-    let err = per_sample_mse(pred, Tensor::from_inner(target));
-    let model_w = err.clone().narrow(0, 0, p);
-    let model_l = err.narrow(0, p, p);
-    Ok(diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, beta))
+    Ok(pass.terms(pred))
+}
+
+/// [`dpo_terms`] and the gradients of its loss for the parameters of `module` (which holds
+/// `unet`), with the UNet's layers recomputed in backward when `checkpointing`.
+pub fn dpo_grads<B, AB, M>(
+    schedule: &NoiseSchedule,
+    beta: f64,
+    unet: &UNet2DConditionModel<AB>,
+    reference: &UNet2DConditionModel<B>,
+    batch: &DpoBatch<B>,
+    module: &M,
+    checkpointing: bool,
+) -> Result<(DpoTerms<AB>, FlatGrads<B>)>
+where
+    B: Backend,
+    AB: AutodiffBackend<InnerBackend = B>,
+    M: burn::module::Module<AB>,
+{
+    if !checkpointing {
+        let terms = dpo_terms(schedule, beta, unet, reference, batch)?;
+        let grads = FlatGrads::from_loss(terms.loss.clone(), module);
+        return Ok((terms, grads));
+    }
+    let pass = DpoPass::new(schedule, beta, reference, batch)?;
+    let mut grads = FlatGrads::default();
+    let mut terms = None;
+    unet.backward_checkpointed(
+        Tensor::from_inner(pass.noisy.clone()),
+        Tensor::from_inner(pass.t.clone()),
+        Tensor::from_inner(pass.context.clone()),
+        |pred| {
+            let t = pass.terms(pred);
+            let loss = t.loss.clone();
+            terms = Some(t);
+            loss
+        },
+        &mut |g| grads.accumulate(FlatGrads::from_grads::<AB, _>(g, module)),
+    )?;
+    let terms = terms.ok_or_else(|| TrainError::Invalid("the DPO loss was not computed".into()))?;
+    Ok((terms, grads))
+}
+
+/// One batch's UNet inputs (winners then losers, shared noise and timesteps), its targets and
+/// the reference's errors: everything of the objective but the trained model's pass.
+struct DpoPass<B: Backend> {
+    noisy: Tensor<B, 4>,
+    t: Tensor<B, 1>,
+    context: Tensor<B, 3>,
+    target: Tensor<B, 4>,
+    ref_err: Tensor<B, 1>,
+    pairs: usize,
+    beta: f64,
+}
+
+impl<B: Backend> DpoPass<B> {
+    fn new(
+        schedule: &NoiseSchedule,
+        beta: f64,
+        reference: &UNet2DConditionModel<B>,
+        batch: &DpoBatch<B>,
+    ) -> Result<Self> {
+        let p = batch.winners.dims()[0];
+        let ts = [batch.timesteps.clone(), batch.timesteps.clone()].concat();
+        let latents = Tensor::cat(vec![batch.winners.clone(), batch.losers.clone()], 0);
+        let noise = Tensor::cat(vec![batch.noise.clone(), batch.noise.clone()], 0);
+        let noisy = schedule.add_noise(latents.clone(), noise.clone(), &ts)?;
+        let target = schedule.target(latents, noise, &ts)?;
+        let t = Tensor::<B, 1>::from_data(
+            TensorData::new(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [2 * p]),
+            &noisy.device(),
+        );
+        let context = Tensor::cat(vec![batch.context.clone(), batch.context.clone()], 0);
+        let ref_pred = reference.forward(noisy.clone(), t.clone(), context.clone());
+        let ref_err = per_sample_mse(ref_pred, target.clone());
+        Ok(Self {
+            noisy,
+            t,
+            context,
+            target,
+            ref_err,
+            pairs: p,
+            beta,
+        })
+    }
+
+    /// The objective's terms given the trained model's prediction.
+    fn terms<AB: AutodiffBackend<InnerBackend = B>>(&self, pred: Tensor<AB, 4>) -> DpoTerms<AB> {
+        let p = self.pairs;
+        let ref_w = Tensor::<AB, 1>::from_inner(self.ref_err.clone().narrow(0, 0, p));
+        let ref_l = Tensor::<AB, 1>::from_inner(self.ref_err.clone().narrow(0, p, p));
+        let err = per_sample_mse(pred, Tensor::from_inner(self.target.clone()));
+        let model_w = err.clone().narrow(0, 0, p);
+        let model_l = err.narrow(0, p, p);
+        diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, self.beta)
+    }
 }
 
 /// What trains in a stage: the UNet adapters, starting from the stage-start LoRA (or the
@@ -1029,7 +1109,15 @@ impl StageContext<'_> {
             );
             let mut draws = rng.stream(Stream::Batch, step as u64);
             let batch = DpoBatch::draw(winners, losers, context, &schedule, &mut draws);
-            let terms = dpo_terms(&schedule, c.beta, &nets.unet, &reference, &batch)?;
+            let (terms, mut grads) = dpo_grads(
+                &schedule,
+                c.beta,
+                &nets.unet,
+                &reference,
+                &batch,
+                &nets,
+                c.gradient_checkpointing,
+            )?;
             let loss: f32 = terms.loss.clone().into_scalar().elem();
             if !loss.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
@@ -1047,7 +1135,6 @@ impl StageContext<'_> {
                 .to_vec::<f32>()
                 .map_err(|e| TrainError::Invalid(format!("reading the DPO margin: {e:?}")))?;
             let (implicit_accuracy, reward_margin) = implicit_accuracy_and_margin(&inside);
-            let mut grads = FlatGrads::from_loss(terms.loss, &nets);
             let norm = match c.max_grad_norm {
                 Some(max) => grads.clip_global_norm(max),
                 None => grads.global_norm(),

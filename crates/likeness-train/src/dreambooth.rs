@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use burn::backend::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::ElementConversion;
@@ -113,7 +112,8 @@ pub struct DreamBoothConfig {
     /// Preview gallery every this many steps (0: none).
     pub sample_every: usize,
     pub samples: SampleSettings,
-    /// Recompute activations in backward instead of keeping them (less memory, slower).
+    /// Recompute the UNet's layers in backward instead of keeping their activations (less
+    /// memory, one more forward pass per step); the text encoder keeps its own.
     pub gradient_checkpointing: bool,
     /// Mixed precision: `bf16`/`f16` keep the frozen weights (and so the activations) in that
     /// dtype while LoRA adapters, their gradients and the optimiser state stay f32 (norms and
@@ -384,40 +384,24 @@ fn run_job<B: Backend>(
         config,
         resume,
     };
-    type Plain<B> = Autodiff<B>;
-    type Recompute<B> = Autodiff<B, BalancedCheckpointing>;
-    match (
-        setup.config.mode.clone(),
-        setup.config.gradient_checkpointing,
-    ) {
-        (
-            TrainMode::Lora {
-                rank,
-                alpha,
-                unet_targets,
-                text_targets,
-            },
-            recompute,
-        ) => {
+    match setup.config.mode.clone() {
+        TrainMode::Lora {
+            rank,
+            alpha,
+            unet_targets,
+            text_targets,
+        } => {
             let lora = LoraTraining {
                 shape: LoraShape { rank, alpha },
                 unet_targets,
                 text_targets,
                 seed: setup.config.seed,
             };
-            if recompute {
-                run_loop::<B, Recompute<B>, _>(model, lora, setup, events, cancel)
-            } else {
-                run_loop::<B, Plain<B>, _>(model, lora, setup, events, cancel)
-            }
+            run_loop::<B, Autodiff<B>, _>(model, lora, setup, events, cancel)
         }
-        (TrainMode::Full { text_encoder }, recompute) => {
+        TrainMode::Full { text_encoder } => {
             let full = FullTraining { text_encoder };
-            if recompute {
-                run_loop::<B, Recompute<B>, _>(model, full, setup, events, cancel)
-            } else {
-                run_loop::<B, Plain<B>, _>(model, full, setup, events, cancel)
-            }
+            run_loop::<B, Autodiff<B>, _>(model, full, setup, events, cancel)
         }
     }
 }
@@ -591,8 +575,14 @@ where
             let index = (step * accum + micro) as u64;
             let mut draws = rng.stream(Stream::Batch, index);
             let batch = data.batch::<AB>(index, &mut draws);
-            let loss = objective.loss(&nets, &prompts, batch, &mut draws)?;
-            let value: f32 = loss.clone().into_scalar().elem();
+            let (value, micro) = objective.grads(
+                &nets,
+                &prompts,
+                batch,
+                &mut draws,
+                1.0 / accum as f64,
+                config.gradient_checkpointing,
+            )?;
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
                     step: step + 1,
@@ -601,7 +591,7 @@ where
                 });
             }
             loss_sum += value;
-            grads.accumulate(FlatGrads::from_loss(loss / accum as f64, &nets));
+            grads.accumulate(micro);
         }
         let norm = match config.max_grad_norm {
             Some(max) => grads.clip_global_norm(max),
@@ -1051,14 +1041,17 @@ struct Denoising {
 }
 
 impl Denoising {
-    /// The loss of one micro-batch: instance MSE plus `prior_weight` × class MSE.
-    fn loss<B, AB>(
+    /// One micro-batch's loss (instance MSE plus `prior_weight` × class MSE) and the gradients
+    /// of `scale` × it, with the UNet's layers recomputed in backward when `checkpointing`.
+    fn grads<B, AB>(
         &self,
         nets: &DiffusionNets<AB>,
         prompts: &Prompts<B>,
         batch: Batch<AB>,
         rng: &mut StdRng,
-    ) -> Result<Tensor<AB, 1>>
+        scale: f64,
+        checkpointing: bool,
+    ) -> Result<(f32, FlatGrads<B>)>
     where
         B: Backend,
         AB: AutodiffBackend<InnerBackend = B>,
@@ -1089,30 +1082,53 @@ impl Denoising {
             &device,
         );
         let context = prompts.hidden_states(nets, batch.instances, n - batch.instances)?;
-        let pred = nets.unet.forward(noisy, t, context);
-
-        let per_sample: Tensor<AB, 1> = (pred - target)
-            .powi_scalar(2)
-            .reshape([n as i64, -1])
-            .mean_dim(1)
-            .reshape([n]);
-        let per_sample = match self.min_snr_gamma {
-            Some(gamma) => {
-                per_sample
-                    * self
-                        .schedule
-                        .min_snr_weights::<AB>(&timesteps, gamma, &device)
+        let snr_weights = self.min_snr_gamma.map(|gamma| {
+            self.schedule
+                .min_snr_weights::<AB>(&timesteps, gamma, &device)
+        });
+        let instances = batch.instances;
+        let loss_of = |pred: Tensor<AB, 4>| {
+            let per_sample: Tensor<AB, 1> = (pred - target)
+                .powi_scalar(2)
+                .reshape([n as i64, -1])
+                .mean_dim(1)
+                .reshape([n]);
+            let per_sample = match snr_weights {
+                Some(w) => per_sample * w,
+                None => per_sample,
+            };
+            let instance = per_sample.clone().narrow(0, 0, instances).mean();
+            if n > instances {
+                let prior = per_sample.narrow(0, instances, n - instances).mean();
+                instance + prior * self.prior_weight
+            } else {
+                instance
             }
-            None => per_sample,
         };
-        let instance = per_sample.clone().narrow(0, 0, batch.instances).mean();
-        if n > batch.instances {
-            let prior = per_sample
-                .narrow(0, batch.instances, n - batch.instances)
-                .mean();
-            Ok(instance + prior * self.prior_weight)
+        if checkpointing {
+            let mut grads = FlatGrads::default();
+            let mut loss = None;
+            nets.unet.backward_checkpointed(
+                noisy,
+                t,
+                context,
+                |pred| {
+                    let l = loss_of(pred);
+                    loss = Some(l.clone());
+                    l * scale
+                },
+                &mut |g| grads.accumulate(FlatGrads::from_grads::<AB, _>(g, nets)),
+            )?;
+            let value = loss.map_or(f32::NAN, |l| l.into_scalar().elem());
+            Ok((value, grads))
         } else {
-            Ok(instance)
+            let loss = loss_of(nets.unet.forward(noisy, t, context));
+            let value: f32 = loss.clone().into_scalar().elem();
+            if !value.is_finite() {
+                // Not worth a backward pass: the caller stops on it.
+                return Ok((value, FlatGrads::default()));
+            }
+            Ok((value, FlatGrads::from_loss(loss * scale, nets)))
         }
     }
 }

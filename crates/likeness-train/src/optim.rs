@@ -52,10 +52,19 @@ impl<B: Backend> FlatGrads<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: Module<AB>,
     {
-        let mut grads = loss.backward();
+        Self::from_grads(&mut loss.backward(), module)
+    }
+
+    /// Takes the gradients of `module`'s parameters out of `grads` (one backward pass's; under
+    /// gradient checkpointing, one piece of a pass, see `backward_checkpointed`).
+    pub fn from_grads<AB, M>(grads: &mut AB::Gradients, module: &M) -> Self
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Module<AB>,
+    {
         let mut out = HashMap::new();
         module.visit(&mut GradCollector::<AB> {
-            grads: &mut grads,
+            grads,
             out: &mut out,
         });
         Self { grads: out }
@@ -63,6 +72,16 @@ impl<B: Backend> FlatGrads<B> {
 
     pub fn len(&self) -> usize {
         self.grads.len()
+    }
+
+    /// Each parameter's gradient.
+    pub fn iter(&self) -> impl Iterator<Item = (&ParamId, &Tensor<B, 1>)> {
+        self.grads.iter()
+    }
+
+    /// One parameter's gradient.
+    pub fn get(&self, id: &ParamId) -> Option<&Tensor<B, 1>> {
+        self.grads.get(id)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -198,6 +198,21 @@ pub fn has_fused_backward<B: Backend>() -> bool {
     false
 }
 
+/// Whether autodiff tracks `t`: a leaf that takes gradients, or computed from one. Known on the
+/// autodiff backends recognised (module notes); `true` on any other, the answer that costs work
+/// rather than gradients.
+pub fn is_tracked<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    macro_rules! check {
+        ($inner:ty, $strategy:ty) => {
+            if let Some(t) = downcast::<B, burn::backend::Autodiff<$inner, $strategy>, D>(t) {
+                return !float(t).node.requirement.is_none();
+            }
+        };
+    }
+    for_each_autodiff_backend!(check);
+    true
+}
+
 /// `.to_dtype(d)`: [`crate::nn::in_dtype`] as a method — a cast only where the dtype differs.
 trait ToDtype {
     fn to_dtype(self, dtype: burn::tensor::DType) -> Self;

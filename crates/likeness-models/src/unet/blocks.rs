@@ -1,5 +1,6 @@
 //! The UNet's down, mid and up blocks: diffusers' `CrossAttnDownBlock2D` / `DownBlock2D`,
-//! `UNetMidBlock2DCrossAttn` and `CrossAttnUpBlock2D` / `UpBlock2D`.
+//! `UNetMidBlock2DCrossAttn` and `CrossAttnUpBlock2D` / `UpBlock2D`: their layers. How the layers
+//! connect (the skip connections) is the UNet's plan, in `plan.rs`.
 
 use burn::prelude::*;
 
@@ -7,8 +8,6 @@ use super::attention::{Transformer2DModel, TransformerConfig};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::Result;
 use crate::weights::VarBuilder;
-
-const SKIPS_CHECKED: &str = "skip connections are checked by UNet2DConditionConfig::validate";
 
 /// A down block: `CrossAttnDownBlock2D` when `attentions` is non-empty (one Transformer2DModel
 /// after each resnet), `DownBlock2D` when it is empty; `downsamplers` holds 0 or 1 layer.
@@ -58,28 +57,6 @@ impl<B: Backend> DownBlock<B> {
             downsamplers,
         })
     }
-
-    /// Runs the block, pushing every intermediate state the up path will use onto `skips`.
-    pub fn forward(
-        &self,
-        mut x: Tensor<B, 4>,
-        temb_act: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
-        skips: &mut Vec<Tensor<B, 4>>,
-    ) -> Tensor<B, 4> {
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(x, temb_act.clone());
-            if let Some(attn) = self.attentions.get(i) {
-                x = attn.forward(x, context.clone());
-            }
-            skips.push(x.clone());
-        }
-        for down in &self.downsamplers {
-            x = down.forward(x);
-            skips.push(x.clone());
-        }
-        x
-    }
 }
 
 /// diffusers' `UNetMidBlock2DCrossAttn`: resnet, then (attention, resnet) per layer.
@@ -99,25 +76,6 @@ impl<B: Backend> UNetMidBlock2DCrossAttn<B> {
             ],
             attentions: vec![Transformer2DModel::load(&vb.pp("attentions").pp(0), &attn)?],
         })
-    }
-
-    /// [N, C, H, W] → [N, C, H, W].
-    pub fn forward(
-        &self,
-        x: Tensor<B, 4>,
-        temb_act: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
-    ) -> Tensor<B, 4> {
-        let mut resnets = self.resnets.iter();
-        let mut x = match resnets.next() {
-            Some(first) => first.forward(x, temb_act.clone()),
-            None => x,
-        };
-        for (attn, resnet) in self.attentions.iter().zip(resnets) {
-            x = attn.forward(x, context.clone());
-            x = resnet.forward(x, temb_act.clone());
-        }
-        x
     }
 }
 
@@ -179,32 +137,5 @@ impl<B: Backend> UpBlock<B> {
             attentions,
             upsamplers,
         })
-    }
-
-    /// Runs the block, popping one skip connection per resnet from `skips`. The upsampler
-    /// targets the size of the next skip on the stack: that is ×2 when the input size is a
-    /// multiple of 2^(number of upsamplers) and diffusers' `upsample_size` otherwise.
-    pub fn forward(
-        &self,
-        mut x: Tensor<B, 4>,
-        temb_act: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
-        skips: &mut Vec<Tensor<B, 4>>,
-    ) -> Tensor<B, 4> {
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips.pop().expect(SKIPS_CHECKED);
-            x = resnet.forward(Tensor::cat(vec![x, skip], 1), temb_act.clone());
-            if let Some(attn) = self.attentions.get(i) {
-                x = attn.forward(x, context.clone());
-            }
-        }
-        for up in &self.upsamplers {
-            let size = skips.last().map(|s| {
-                let [_, _, h, w] = s.dims();
-                [h, w]
-            });
-            x = up.forward(x, size);
-        }
-        x
     }
 }

@@ -5,8 +5,10 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod checkpoint;
 pub mod config;
 pub mod embeddings;
+pub mod plan;
 pub mod resnet;
 
 use std::path::Path;
@@ -208,31 +210,31 @@ impl<B: Backend> UNet2DConditionModel<B> {
         timesteps: Tensor<B, 1>,
         encoder_hidden_states: Tensor<B, 3>,
     ) -> Tensor<B, 4> {
-        let batch = sample.dims()[0];
         // The prediction comes back in the sample's dtype whatever the weights' (mixed precision).
         let out_dtype = sample.dtype();
-        // diffusers broadcasts a single timestep over the batch.
+        let temb_act = self.time_embedding_act(timesteps, sample.dims()[0]);
+        plan::run(
+            self,
+            &plan::plan(self),
+            sample,
+            &temb_act,
+            &encoder_hidden_states,
+            out_dtype,
+        )
+    }
+
+    /// SiLU of the time embedding of `timesteps` (`[N]`, or `[1]` broadcast over `batch` as
+    /// diffusers does): every resnet applies SiLU to the embedding before its projection; the
+    /// model does it once.
+    pub fn time_embedding_act(&self, timesteps: Tensor<B, 1>, batch: usize) -> Tensor<B, 2> {
         let timesteps = if timesteps.dims()[0] == 1 && batch != 1 {
             timesteps.expand([batch])
         } else {
             timesteps
         };
-        let t_emb = self.time_proj.forward(timesteps);
-        let emb = self.time_embedding.forward(t_emb);
-        // Every resnet applies SiLU to the embedding before its projection; do it once.
-        let temb_act = silu(emb);
-        let context = encoder_hidden_states;
-
-        let mut x = self.conv_in.forward(sample);
-        let mut skips = vec![x.clone()];
-        for block in &self.down_blocks {
-            x = block.forward(x, &temb_act, &context, &mut skips);
-        }
-        x = self.mid_block.forward(x, &temb_act, &context);
-        for block in &self.up_blocks {
-            x = block.forward(x, &temb_act, &context, &mut skips);
-        }
-        let out = self.conv_out.forward(self.conv_norm_out.forward_silu(x));
-        crate::nn::in_dtype(out, out_dtype)
+        silu(
+            self.time_embedding
+                .forward(self.time_proj.forward(timesteps)),
+        )
     }
 }

@@ -10,6 +10,7 @@
 mod common;
 
 mod bad_input;
+mod checkpointing;
 mod clip_text_parity;
 mod clip_vision_parity;
 mod device_errors;

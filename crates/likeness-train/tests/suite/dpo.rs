@@ -15,8 +15,8 @@ use likeness_models::schedulers::NoiseSchedule;
 use likeness_models::sd::{LoadOptions, StableDiffusion};
 use likeness_train::TrainEvent;
 use likeness_train::dpo::{
-    DpoBatch, DpoConfig, DpoJob, DpoLossRecord, DpoSource, STAGE_LORA_FILE, dpo_terms, read_jsonl,
-    sample_seed, stage_dir, train_dpo,
+    DpoBatch, DpoConfig, DpoJob, DpoLossRecord, DpoSource, STAGE_LORA_FILE, dpo_grads, dpo_terms,
+    read_jsonl, sample_seed, stage_dir, train_dpo,
 };
 use likeness_train::eval::{EvalConfig, evaluate};
 use likeness_train::optim::{AdamW, AdamWConfig, FlatGrads};
@@ -196,9 +196,40 @@ fn one_step_prefers_the_winner_relative_to_the_reference() {
     assert!(inside0.iter().all(|v| v.abs() < 1e-3), "{inside0:?}");
     assert!((loss0 - std::f32::consts::LN_2).abs() < 1e-3, "{loss0}");
 
+    // The UNet's layers recomputed in backward give the same loss and gradients.
+    let (ck_terms, ck_grads) = dpo_grads(
+        &schedule, 5000.0, &unet_ad, &reference, &batch, &unet_ad, true,
+    )
+    .unwrap();
+    let ck_loss: f32 = ck_terms.loss.into_scalar();
+    assert!(
+        (ck_loss - loss0).abs() <= 1e-6 * loss0.abs(),
+        "{ck_loss} vs {loss0}"
+    );
+
     let mut optim = AdamW::<B>::new(AdamWConfig::default());
     let grads = FlatGrads::from_loss(before.loss, &unet_ad);
     assert!(!grads.is_empty());
+    assert_eq!(ck_grads.len(), grads.len());
+    let mut worst = 0f32;
+    for (id, g) in grads.iter() {
+        let want: Vec<f32> = g.clone().into_data().to_vec().unwrap();
+        let got: Vec<f32> = ck_grads
+            .get(id)
+            .expect("a gradient")
+            .clone()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst = worst.max(diff / scale);
+    }
+    println!("DPO gradients, layers recomputed against plain: largest relative error {worst:.3e}");
+    assert!(worst <= 1e-4, "{worst:.3e}");
     unet_ad = optim.step(1e-3, unet_ad, grads);
 
     let after = dpo_terms(&schedule, 5000.0, &unet_ad, &reference, &batch).unwrap();
