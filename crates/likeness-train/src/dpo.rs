@@ -744,12 +744,8 @@ where
     AB: AutodiffBackend<InnerBackend = B>,
 {
     let pass = DpoPass::new(schedule, beta, reference, batch)?;
-    let pred = unet.forward(
-        Tensor::from_inner(pass.noisy.clone()),
-        Tensor::from_inner(pass.t.clone()),
-        Tensor::from_inner(pass.context.clone()),
-    );
-    Ok(pass.terms(pred))
+    let (noisy, t, context) = pass.inputs();
+    Ok(pass.terms(unet.forward(noisy, t, context)))
 }
 
 /// [`dpo_terms`] and the gradients of its loss for the parameters of `module` (which holds
@@ -768,25 +764,22 @@ where
     AB: AutodiffBackend<InnerBackend = B>,
     M: burn::module::Module<AB>,
 {
-    if !checkpointing {
-        let terms = dpo_terms(schedule, beta, unet, reference, batch)?;
-        let grads = FlatGrads::from_loss(terms.loss.clone(), module);
-        return Ok((terms, grads));
-    }
     let pass = DpoPass::new(schedule, beta, reference, batch)?;
-    let mut grads = FlatGrads::default();
+    let (noisy, t, context) = pass.inputs();
     let mut terms = None;
-    unet.backward_checkpointed(
-        Tensor::from_inner(pass.noisy.clone()),
-        Tensor::from_inner(pass.t.clone()),
-        Tensor::from_inner(pass.context.clone()),
+    let grads = FlatGrads::of_unet_loss(
+        unet,
+        module,
+        noisy,
+        t,
+        context,
         |pred| {
             let t = pass.terms(pred);
             let loss = t.loss.clone();
             terms = Some(t);
             loss
         },
-        &mut |g| grads.accumulate(FlatGrads::from_grads::<AB, _>(g, module)),
+        checkpointing,
     )?;
     let terms = terms.ok_or_else(|| TrainError::Invalid("the DPO loss was not computed".into()))?;
     Ok((terms, grads))
@@ -833,6 +826,17 @@ impl<B: Backend> DpoPass<B> {
             pairs: p,
             beta,
         })
+    }
+
+    /// The trained model's inputs: noised latents, timesteps, text context.
+    fn inputs<AB: AutodiffBackend<InnerBackend = B>>(
+        &self,
+    ) -> (Tensor<AB, 4>, Tensor<AB, 1>, Tensor<AB, 3>) {
+        (
+            Tensor::from_inner(self.noisy.clone()),
+            Tensor::from_inner(self.t.clone()),
+            Tensor::from_inner(self.context.clone()),
+        )
     }
 
     /// The objective's terms given the trained model's prediction.

@@ -1105,30 +1105,21 @@ impl Denoising {
                 instance
             }
         };
-        if checkpointing {
-            let mut grads = FlatGrads::default();
-            let mut loss = None;
-            nets.unet.backward_checkpointed(
-                noisy,
-                t,
-                context,
-                |pred| {
-                    let l = loss_of(pred);
-                    loss = Some(l.clone());
-                    l * scale
-                },
-                &mut |g| grads.accumulate(FlatGrads::from_grads::<AB, _>(g, nets)),
-            )?;
-            let value = loss.map_or(f32::NAN, |l| l.into_scalar().elem());
-            Ok((value, grads))
-        } else {
-            let loss = loss_of(nets.unet.forward(noisy, t, context));
-            let value: f32 = loss.clone().into_scalar().elem();
-            if !value.is_finite() {
-                // Not worth a backward pass: the caller stops on it.
-                return Ok((value, FlatGrads::default()));
-            }
-            Ok((value, FlatGrads::from_loss(loss * scale, nets)))
-        }
+        let mut loss = None;
+        let grads = FlatGrads::of_unet_loss(
+            &nets.unet,
+            nets,
+            noisy,
+            t,
+            context,
+            |pred| {
+                let l = loss_of(pred);
+                loss = Some(l.clone());
+                l * scale
+            },
+            checkpointing,
+        )?;
+        let value = loss.map_or(f32::NAN, |l| l.into_scalar().elem());
+        Ok((value, grads))
     }
 }

@@ -15,6 +15,8 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use likeness_models::unet::UNet2DConditionModel;
+
 use crate::checkpoint::TensorFile;
 use crate::error::{Result, TrainError};
 
@@ -53,6 +55,35 @@ impl<B: Backend> FlatGrads<B> {
         M: Module<AB>,
     {
         Self::from_grads(&mut loss.backward(), module)
+    }
+
+    /// The gradients of `loss(unet.forward(sample, timesteps, context))` for the parameters of
+    /// `module` (which holds `unet`); with `checkpointing`, the UNet's layers are recomputed in
+    /// backward (`UNet2DConditionModel::backward_checkpointed`), the same numbers.
+    pub fn of_unet_loss<AB, M>(
+        unet: &UNet2DConditionModel<AB>,
+        module: &M,
+        sample: Tensor<AB, 4>,
+        timesteps: Tensor<AB, 1>,
+        context: Tensor<AB, 3>,
+        loss: impl FnOnce(Tensor<AB, 4>) -> Tensor<AB, 1>,
+        checkpointing: bool,
+    ) -> Result<Self>
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Module<AB>,
+    {
+        if !checkpointing {
+            return Ok(Self::from_loss(
+                loss(unet.forward(sample, timesteps, context)),
+                module,
+            ));
+        }
+        let mut grads = Self::default();
+        unet.backward_checkpointed(sample, timesteps, context, loss, &mut |g| {
+            grads.accumulate(Self::from_grads::<AB, _>(g, module))
+        })?;
+        Ok(grads)
     }
 
     /// Takes the gradients of `module`'s parameters out of `grads` (one backward pass's; under

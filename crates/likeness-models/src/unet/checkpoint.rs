@@ -57,20 +57,15 @@ impl<AB: AutodiffBackend> UNet2DConditionModel<AB> {
         // Forward without autodiff, every layer's output kept.
         let inner = self.valid();
         let (temb_in, context_in) = (temb_act.clone().inner(), context.clone().inner());
-        let mut values: Vec<Option<Inner<AB, 4>>> = Vec::with_capacity(steps.len() + 1);
-        values.push(Some(sample.inner()));
-        for step in &steps {
-            let value = |v: usize| values[v].clone().expect("the plan reads computed values");
-            let out = step.run(
-                &inner,
-                value(step.input),
-                step.extra.map(value),
-                &temb_in,
-                &context_in,
-                out_dtype,
-            );
-            values.push(Some(out));
-        }
+        let mut values = plan::run_values(
+            &inner,
+            &steps,
+            sample.inner(),
+            &temb_in,
+            &context_in,
+            out_dtype,
+            true,
+        );
         drop(inner);
 
         // The loss, from the prediction as a leaf.

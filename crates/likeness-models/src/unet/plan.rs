@@ -181,18 +181,37 @@ pub fn run<B: Backend>(
     context: &Tensor<B, 3>,
     out_dtype: DType,
 ) -> Tensor<B, 4> {
-    let mut last_read = vec![0; steps.len() + 1];
-    for (k, step) in steps.iter().enumerate() {
-        for v in step.reads() {
-            last_read[v] = k;
+    run_values(unet, steps, sample, temb_act, context, out_dtype, false)
+        .pop()
+        .flatten()
+        .expect("the plan ends with the output layer")
+}
+
+/// Runs `steps` from `sample` and returns every value by id (the sample, then each step's
+/// output). With `keep_all` false each value is taken by the last step that reads it (so that an
+/// op may reuse its buffer) and only the last step's output is left; with it, all are kept.
+pub fn run_values<B: Backend>(
+    unet: &UNet2DConditionModel<B>,
+    steps: &[Step],
+    sample: Tensor<B, 4>,
+    temb_act: &Tensor<B, 2>,
+    context: &Tensor<B, 3>,
+    out_dtype: DType,
+    keep_all: bool,
+) -> Vec<Option<Tensor<B, 4>>> {
+    let mut last_read = vec![None; steps.len() + 1];
+    if !keep_all {
+        for (k, step) in steps.iter().enumerate() {
+            for v in step.reads() {
+                last_read[v] = Some(k);
+            }
         }
     }
     let mut values: Vec<Option<Tensor<B, 4>>> = Vec::with_capacity(steps.len() + 1);
     values.push(Some(sample));
     for (k, step) in steps.iter().enumerate() {
-        // The last read takes the value, so that an op may reuse its buffer.
         let mut read = |v: usize| {
-            let value = if last_read[v] == k {
+            let value = if last_read[v] == Some(k) {
                 values[v].take()
             } else {
                 values[v].clone()
@@ -205,7 +224,4 @@ pub fn run<B: Backend>(
         values.push(Some(out));
     }
     values
-        .pop()
-        .flatten()
-        .expect("the plan ends with the output layer")
 }
