@@ -4,7 +4,6 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn::tensor::module::linear;
 use burn::tensor::ops::ConvOptions;
 
 use crate::error::Result;
@@ -85,8 +84,13 @@ impl<B: Backend> Linear<B> {
             None => base,
             Some(l) => profile::span::<B, _>(&device, "lora", || {
                 let down = l.down.val();
-                let low = linear(in_dtype(x, down.dtype()), down.transpose(), None);
-                let update = linear(low, l.up.val().transpose(), None) * l.scale();
+                let low = crate::kernels::matmul::linear(
+                    in_dtype(x, down.dtype()),
+                    down.transpose(),
+                    None,
+                );
+                let update =
+                    crate::kernels::matmul::linear(low, l.up.val().transpose(), None) * l.scale();
                 let dtype = base.dtype();
                 base + in_dtype(update, dtype)
             }),
@@ -175,7 +179,9 @@ pub struct GroupNorm<B: Backend> {
 }
 
 impl<B: Backend> GroupNorm<B> {
+    /// Scale and shift in f32 even in a model loaded in half precision (see [`cast_params`]).
     pub fn load(vb: &VarBuilder<B>, num_groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        let vb = vb.clone().with_dtype(None);
         Ok(Self {
             weight: vb.get("weight", [channels], Init::Ones)?,
             bias: vb.get("bias", [channels], Init::Zeros)?,
@@ -218,7 +224,9 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
+    /// Scale and shift in f32 even in a model loaded in half precision (see [`cast_params`]).
     pub fn load(vb: &VarBuilder<B>, dim: usize, eps: f64) -> Result<Self> {
+        let vb = vb.clone().with_dtype(None);
         Ok(Self {
             weight: vb.get("weight", [dim], Init::Ones)?,
             bias: vb.get("bias", [dim], Init::Zeros)?,
@@ -282,14 +290,35 @@ fn attend_heads<B: Backend>(
 }
 
 /// Casts every float parameter of `module` to `dtype`: under mixed precision the frozen base
-/// weights go to bf16/f16 while trainable adapters attached afterwards stay in f32.
+/// weights go to bf16/f16 while trainable adapters attached afterwards stay in f32. The
+/// GroupNorms' and LayerNorms' scales and shifts stay in f32: those layers compute in f32
+/// whatever their input (as PyTorch's autocast runs them), so half-precision copies were cast
+/// back at every call — two casts per norm and pass, ~480 launches in an SD 1.5 LoRA step.
 pub fn cast_params<B: Backend, M: Module<B>>(module: M, dtype: DType) -> M {
-    struct Caster(DType);
+    struct Caster {
+        dtype: DType,
+        /// The struct whose fields are being mapped, innermost last.
+        within: Vec<String>,
+    }
     impl<B: Backend> burn::module::ModuleMapper<B> for Caster {
+        fn enter_module(&mut self, _name: &str, container_type: &str) {
+            self.within.push(container_type.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.within.pop();
+        }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let norm = matches!(
+                self.within.last().map(String::as_str),
+                Some("Struct:GroupNorm" | "Struct:LayerNorm")
+            );
+            let dtype = if norm { DType::F32 } else { self.dtype };
             let (id, tensor, mapper) = param.consume();
-            Param::from_mapped_value(id, in_dtype(tensor, self.0), mapper)
+            Param::from_mapped_value(id, in_dtype(tensor, dtype), mapper)
         }
     }
-    module.map(&mut Caster(dtype))
+    module.map(&mut Caster {
+        dtype,
+        within: Vec::new(),
+    })
 }

@@ -499,6 +499,9 @@ struct Sizes {
     groups: usize,
     silu: bool,
     eps: f32,
+    /// Whether the backward sums the weight's and bias's gradients (else their outputs are
+    /// left unwritten: a frozen norm's are not used).
+    param_grads: bool,
 }
 
 impl Sizes {
@@ -518,6 +521,7 @@ impl Sizes {
             groups: options.groups,
             silu: options.silu,
             eps: options.eps as f32,
+            param_grads: true,
         })
     }
 
@@ -717,8 +721,11 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
     // means of dx̂ = γ·dz and of dx̂·x̂ that the closed form needs.
     let sum_dz = tensor::<R, 3>(sum_dz);
     let sum_dz_normed = tensor::<R, 3>(sum_dz_normed);
-    let dbias = sum_dz.clone().sum_dim(0).reshape([c]);
-    let dweight = sum_dz_normed.clone().sum_dim(0).reshape([c]);
+    let [dweight, dbias] = if s.param_grads {
+        [&sum_dz_normed, &sum_dz].map(|t| primitive(t.clone().sum_dim(0).reshape([c])))
+    } else {
+        [(); 2].map(|_| empty(&x, Shape::new([c]), DType::F32))
+    };
     let w = tensor::<R, 1>(weight.clone()).reshape([1, c, 1]);
     let m = (c / groups * l) as f64;
     let group_mean = |t: Tensor<Inner<R>, 3>| {
@@ -753,7 +760,7 @@ fn backward_on<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeTen
         s.silu,
         dtype.into(),
     );
-    [dx, primitive(dweight), primitive(dbias)]
+    [dx, dweight, dbias]
 }
 
 /// [`forward_on`] for channels of fewer than [`ROW_KERNELS_BELOW`] positions (a LayerNorm's
@@ -832,6 +839,10 @@ fn backward_rows<R: CubeRuntime>(inputs: [CubeTensor<R>; 6], s: Sizes) -> [CubeT
         dtype.into(),
     );
 
+    if !s.param_grads {
+        let unused = || empty(&x, Shape::new([c]), DType::F32);
+        return [dx, unused(), unused()];
+    }
     let chunk = n.div_ceil((PARAM_UNITS / c).clamp(1, n));
     let chunks = n.div_ceil(chunk);
     let sum_dz = empty(&x, Shape::new([chunks, c]), DType::F32);
@@ -1070,6 +1081,7 @@ pub(super) fn forward<I: Backend>(
 
 /// Backward: `(dx, dweight, dbias)` in their inputs' dtypes, as
 /// [`super::group_norm::backward_burn`]; `None` where [`forward`] would be.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward<I: Backend>(
     x: &Tensor<I, 3>,
     weight: &Tensor<I, 1>,
@@ -1078,11 +1090,15 @@ pub(super) fn backward<I: Backend>(
     rstd: &Tensor<I, 3>,
     grad: &Tensor<I, 3>,
     options: GroupNormOptions,
-) -> Option<(Tensor<I, 3>, Tensor<I, 1>, Tensor<I, 1>)> {
+    param_grads: bool,
+) -> Option<(Tensor<I, 3>, super::group_norm::ParamGrads<I>)> {
     if !enabled() || !applies::<I>() {
         return None;
     }
-    let s = Sizes::of(x.dims(), options)?;
+    let s = Sizes {
+        param_grads,
+        ..Sizes::of(x.dims(), options)?
+    };
     let [dx, dweight, dbias] = Apply::<I, 6, 3, _> {
         name: "likeness_group_norm_backward",
         inputs: [
@@ -1101,11 +1117,13 @@ pub(super) fn backward<I: Backend>(
         op: BackwardOp(s),
     }
     .apply()?;
-    Some((
-        wrap(dx),
-        wrap::<I, 1>(dweight).to_dtype(weight.dtype()),
-        wrap::<I, 1>(dbias).to_dtype(bias.dtype()),
-    ))
+    let params = param_grads.then(|| {
+        (
+            wrap::<I, 1>(dweight).to_dtype(weight.dtype()),
+            wrap::<I, 1>(dbias).to_dtype(bias.dtype()),
+        )
+    });
+    Some((wrap(dx), params))
 }
 
 /// The kernels inside a fused backend's stream: a custom operation that the fusers stop at,

@@ -154,8 +154,13 @@ fn affine<B: Backend>(
         + bias.to_dtype(DType::F32).reshape([1, c, 1])
 }
 
-/// Gradients of the forward with respect to x, weight and bias, each in its input's dtype — by
-/// the CubeCL kernels where they apply ([`super::cube`]), else by [`backward_burn`].
+/// The weight's and bias's gradients, each in its parameter's dtype.
+pub type ParamGrads<B> = Option<(Tensor<B, 1>, Tensor<B, 1>)>;
+
+/// Gradients of the forward with respect to x and, with `param_grads`, weight and bias (a
+/// frozen norm's are not summed at all), each in its input's dtype — by the CubeCL kernels
+/// where they apply ([`super::cube`]), else by [`backward_burn`].
+#[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 1>,
@@ -164,15 +169,26 @@ pub fn backward<B: Backend>(
     rstd: Tensor<B, 3>,
     grad: Tensor<B, 3>,
     options: GroupNormOptions,
-) -> (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>) {
+    param_grads: bool,
+) -> (Tensor<B, 3>, ParamGrads<B>) {
     #[cfg(any(feature = "cuda", feature = "wgpu"))]
-    if let Some(out) = super::cube::backward(&x, &weight, &bias, &mean, &rstd, &grad, options) {
+    if let Some(out) = super::cube::backward(
+        &x,
+        &weight,
+        &bias,
+        &mean,
+        &rstd,
+        &grad,
+        options,
+        param_grads,
+    ) {
         return out;
     }
-    backward_burn(x, weight, bias, mean, rstd, grad, options)
+    backward_burn(x, weight, bias, mean, rstd, grad, options, param_grads)
 }
 
 /// [`backward`] with Burn's tensor ops.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_burn<B: Backend>(
     x: Tensor<B, 3>,
     weight: Tensor<B, 1>,
@@ -181,7 +197,8 @@ pub fn backward_burn<B: Backend>(
     rstd: Tensor<B, 3>,
     grad: Tensor<B, 3>,
     options: GroupNormOptions,
-) -> (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>) {
+    param_grads: bool,
+) -> (Tensor<B, 3>, ParamGrads<B>) {
     let [n, c, l] = x.dims();
     let (x_dtype, w_dtype, b_dtype) = (x.dtype(), weight.dtype(), bias.dtype());
     let g = options.groups;
@@ -202,18 +219,22 @@ pub fn backward_burn<B: Backend>(
     let w = weight.to_dtype(DType::F32).reshape([1, c, 1]);
     let sum_dz = dz.clone().sum_dim(2);
     let sum_dz_normed = (dz.clone() * normed.clone()).sum_dim(2);
-    let dbias = sum_dz.clone().sum_dim(0).reshape([c]);
-    let dweight = sum_dz_normed.clone().sum_dim(0).reshape([c]);
+    let params = param_grads.then(|| {
+        (
+            sum_dz_normed
+                .clone()
+                .sum_dim(0)
+                .reshape([c])
+                .to_dtype(w_dtype),
+            sum_dz.clone().sum_dim(0).reshape([c]).to_dtype(b_dtype),
+        )
+    });
     let group_mean = |t: Tensor<B, 3>| (t * w.clone()).reshape([n, g, c / g]).sum_dim(2) / m as f64;
     let mean_d = group_mean(sum_dz);
     let mean_dx = group_mean(sum_dz_normed);
     let dnormed = (dz * w.clone()).reshape([n, g, m]);
     let dx = ((dnormed - mean_d - normed.reshape([n, g, m]) * mean_dx) * rstd).reshape([n, c, l]);
-    (
-        dx.to_dtype(x_dtype),
-        dweight.to_dtype(w_dtype),
-        dbias.to_dtype(b_dtype),
-    )
+    (dx.to_dtype(x_dtype), params)
 }
 
 #[derive(Debug)]
@@ -243,17 +264,22 @@ impl<I: Backend> Backward<I, 3> for FusedGroupNorm {
             "group_norm bwd"
         };
         let device = x.device();
-        let (dx, dw, db) = crate::profile::span::<I, _>(&device, name, || {
-            backward(x, weight, bias, wrap(mean), wrap(rstd), wrap(grad), options)
+        // A frozen norm (LoRA training) needs only dx.
+        let param_grads = node_w.is_some() || node_b.is_some();
+        let (dx, params) = crate::profile::span::<I, _>(&device, name, || {
+            let (mean, rstd, grad) = (wrap(mean), wrap(rstd), wrap(grad));
+            backward(x, weight, bias, mean, rstd, grad, options, param_grads)
         });
         if let Some(node) = node_x {
             grads.register::<I>(node.id, float(dx));
         }
-        if let Some(node) = node_w {
-            grads.register::<I>(node.id, float(dw));
-        }
-        if let Some(node) = node_b {
-            grads.register::<I>(node.id, float(db));
+        if let Some((dw, db)) = params {
+            if let Some(node) = node_w {
+                grads.register::<I>(node.id, float(dw));
+            }
+            if let Some(node) = node_b {
+                grads.register::<I>(node.id, float(db));
+            }
         }
     }
 }

@@ -83,18 +83,27 @@ pub fn matmul_counts() -> [u64; 2] {
 }
 
 /// `x @ weight_t + bias` over `x`'s last dimension (`weight_t` `[in, out]`), as
-/// `burn::tensor::module::linear`, with the matmul by [`matmul`].
+/// `burn::tensor::module::linear`, with the matmul by [`matmul`]. Always as one 2-D product
+/// over `x`'s rows: Burn's `linear` broadcasts the weight over `x`'s leading dimensions, so
+/// its weight gradient is a batched product followed by a sum over them (a reduction launched
+/// for every trained linear in every step).
 pub fn linear<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     weight_t: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
-    if matmul_choice() == MatmulChoice::Burn || !super::enabled() {
-        return burn::tensor::module::linear(x, weight_t, bias);
-    }
     let dims = x.dims();
     let [d_in, d_out] = weight_t.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
+    if matmul_choice() == MatmulChoice::Burn || !super::enabled() {
+        if D <= 2 {
+            return burn::tensor::module::linear(x, weight_t, bias);
+        }
+        let mut out = dims;
+        out[D - 1] = d_out;
+        let y = burn::tensor::module::linear(x.reshape([rows, d_in]), weight_t, bias);
+        return y.reshape(out);
+    }
     let y = matmul(x.reshape([rows, d_in]), weight_t);
     let y = match bias {
         Some(b) => y + b.reshape([1, d_out]),

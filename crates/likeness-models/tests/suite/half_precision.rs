@@ -95,27 +95,50 @@ fn loading_in_half_rounds_the_f32_weights_to_nearest_even() {
         };
         StableDiffusion::<B>::load(&dir, &opts, &device).unwrap()
     };
-    // Every float parameter of the three networks: its dtype and its values.
-    struct Weights(Vec<(DType, Vec<f32>)>);
+    // Every float parameter of the three networks: whether a GroupNorm or LayerNorm holds it,
+    // its dtype and its values.
+    struct Weights {
+        within: Vec<String>,
+        out: Vec<(bool, DType, Vec<f32>)>,
+    }
     impl ModuleVisitor<B> for Weights {
+        fn enter_module(&mut self, _: &str, container_type: &str) {
+            self.within.push(container_type.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.within.pop();
+        }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let t = param.val();
-            self.0.push((t.dtype(), values(t)));
+            let norm = matches!(
+                self.within.last().map(String::as_str),
+                Some("Struct:GroupNorm" | "Struct:LayerNorm")
+            );
+            self.out.push((norm, t.dtype(), values(t)));
         }
     }
     let weights = |m: &StableDiffusion<B>| {
-        let mut w = Weights(Vec::new());
+        let mut w = Weights {
+            within: Vec::new(),
+            out: Vec::new(),
+        };
         m.text_encoder.visit(&mut w);
         m.unet.visit(&mut w);
         m.vae.visit(&mut w);
-        w.0
+        w.out
     };
     let half = weights(&load(Precision::Bf16));
     let full = weights(&load(Precision::F32));
     assert_eq!(half.len(), full.len());
+    assert!(half.iter().any(|(norm, _, _)| *norm) && half.iter().any(|(norm, _, _)| !*norm));
     // bf16 by rounding to nearest, ties to even, as PyTorch's `.to(torch.bfloat16)` (Flex's
-    // own cast truncates: 0x3f248001 becomes 0.640625 there, 0.64453125 here).
-    for ((dtype, h), (_, f)) in half.iter().zip(&full) {
+    // own cast truncates: 0x3f248001 becomes 0.640625 there, 0.64453125 here). The norms'
+    // scales and shifts stay f32 (they compute in f32).
+    for ((norm, dtype, h), (_, _, f)) in half.iter().zip(&full) {
+        if *norm {
+            assert_eq!((*dtype, h), (DType::F32, f), "a norm's parameter stays f32");
+            continue;
+        }
         assert_eq!(*dtype, DType::BF16);
         let want: Vec<f32> = f
             .iter()

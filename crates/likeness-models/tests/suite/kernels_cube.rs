@@ -79,7 +79,26 @@ fn forward_and_backward_match_burns_ops() {
         );
         let (y, mean, rstd) = group_norm::forward(xw.clone(), ww.clone(), bw.clone(), opts);
         assert_eq!(mean.dims(), [n, groups, 1]);
-        let (dx, dw, db) = group_norm::backward(xw, ww, bw, mean.clone(), rstd.clone(), dyw, opts);
+        let (dx, params) = group_norm::backward(
+            xw.clone(),
+            ww.clone(),
+            bw.clone(),
+            mean.clone(),
+            rstd.clone(),
+            dyw.clone(),
+            opts,
+            true,
+        );
+        let (dw, db) = params.expect("the parameters' gradients");
+        // A frozen norm's backward: the same dx, no parameter sums.
+        let (dx_frozen, none) =
+            group_norm::backward(xw, ww, bw, mean.clone(), rstd.clone(), dyw, opts, false);
+        assert!(none.is_none(), "{what}");
+        assert_eq!(
+            values(dx_frozen),
+            values(dx.clone()),
+            "dx without parameter sums {what}"
+        );
 
         let (xf, wf, bf, dyf) = (
             tensor::<F, 3>(&x, shape),
@@ -89,8 +108,17 @@ fn forward_and_backward_match_burns_ops() {
         );
         let (y_ref, mean_ref, rstd_ref) =
             group_norm::forward_burn(xf.clone(), wf.clone(), bf.clone(), opts);
-        let (dx_ref, dw_ref, db_ref) =
-            group_norm::backward_burn(xf, wf, bf, mean_ref.clone(), rstd_ref.clone(), dyf, opts);
+        let (dx_ref, params) = group_norm::backward_burn(
+            xf,
+            wf,
+            bf,
+            mean_ref.clone(),
+            rstd_ref.clone(),
+            dyf,
+            opts,
+            true,
+        );
+        let (dw_ref, db_ref) = params.expect("the parameters' gradients");
 
         assert_close(&format!("y {what}"), &values(y), &values(y_ref));
         assert_close(&format!("mean {what}"), &values(mean), &values(mean_ref));
@@ -188,7 +216,8 @@ fn half_precision_follows_f32() {
         );
         let (y, mean, rstd) = group_norm::forward(x.clone(), w.clone(), b.clone(), opts);
         assert_eq!(y.dtype(), dtype);
-        let (dx, dw, db) = group_norm::backward(x, w, b, mean, rstd, dy, opts);
+        let (dx, params) = group_norm::backward(x, w, b, mean, rstd, dy, opts, true);
+        let (dw, db) = params.expect("the parameters' gradients");
         assert_eq!(dx.dtype(), dtype);
         [y, dx]
             .map(|t| values(t.cast(DType::F32)))

@@ -212,12 +212,11 @@ fn one_step_prefers_the_winner_relative_to_the_reference() {
     assert!(!grads.is_empty());
     assert_eq!(ck_grads.len(), grads.len());
     let mut worst = 0f32;
-    for (id, g) in grads.iter() {
-        let want: Vec<f32> = g.clone().into_data().to_vec().unwrap();
+    for (id, g) in grads.tensors() {
+        let want: Vec<f32> = g.into_data().to_vec().unwrap();
         let got: Vec<f32> = ck_grads
-            .get(id)
+            .get(&id)
             .expect("a gradient")
-            .clone()
             .into_data()
             .to_vec()
             .unwrap();
