@@ -161,6 +161,9 @@ fi
 item ops-bf16 150 likeness $L --precision bf16 --only ops --iters 5
 item db-bf16-b1 60 diffusers $P --precision bf16 --only db-step --batch 1 --iters 5
 item db-bf16-b1 150 likeness $L --precision bf16 --only db-step --batch 1 --iters 5
+# Fusion off, as the CLI and the app build by default: the step's launches without fusion fell
+# 11 790 → 7 347 in session 22, with fusion 6 254 → 5 523 (counted on lavapipe).
+item db-bf16-b1 100 likeness-unfused $LU --precision bf16 --only db-step --batch 1 --iters 5
 # The alternatives prepared without a GPU (session 15), each measured alone and then as a
 # training step. Burn's matmul algorithms one after another on the feed-forward's matmul; the
 # fastest forward + backward that ran without falling back and within 2e-2 of Burn's default

@@ -24,8 +24,9 @@ use crate::error::{Result, TrainError};
 /// buckets of up to this many elements for the global norm, the clipping and AdamW, so each of
 /// their dozen element-wise operations launches once per bucket rather than once per tensor
 /// (PyTorch's `foreach` AdamW and `clip_grad_norm_` group tensors the same way). A rank-4
-/// attention LoRA of SD 1.5 (256 tensors, 0.8 M values) is one bucket; measured on lavapipe,
-/// the DreamBooth step's kernel launches fell from ~11 800 to ~7 500 (`docs/perf.md`, session 22).
+/// attention LoRA of SD 1.5 (256 tensors, 0.8 M values) is one bucket; measured on lavapipe
+/// (no fusion), the DreamBooth step's kernel launches fell from ~11 790 to ~8 550 with this alone
+/// (`docs/perf.md`, session 22).
 const BUCKET_ELEMENTS: usize = 1 << 22;
 /// Tensors of at least this many elements are buckets of their own (no copy: a full fine-tune's
 /// large weights are not duplicated to be packed).
