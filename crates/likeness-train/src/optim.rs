@@ -86,16 +86,15 @@ fn unpack<B: Backend>(flat: &Tensor<B, 1>, lens: &[usize]) -> Vec<Tensor<B, 1>> 
         .collect()
 }
 
+/// The lengths of `slots` (a bucket's parts, in order).
+fn slot_lens<K>(slots: &[(K, usize)]) -> Vec<usize> {
+    slots.iter().map(|(_, n)| *n).collect()
+}
+
 /// Gradients packed end to end: `slots` name them in order with their lengths.
 struct GradBucket<B: Backend> {
     slots: Vec<(ParamId, usize)>,
     flat: Tensor<B, 1>,
-}
-
-impl<B: Backend> GradBucket<B> {
-    fn lens(&self) -> Vec<usize> {
-        self.slots.iter().map(|(_, n)| *n).collect()
-    }
 }
 
 /// Gradients of the trainable parameters, flattened, by parameter id. Taken one tensor per
@@ -198,7 +197,7 @@ impl<B: Backend> FlatGrads<B> {
         let mut all: Vec<_> = self.loose.iter().map(|(id, g)| (*id, g.clone())).collect();
         for b in &self.packed {
             let ids = b.slots.iter().map(|(id, _)| *id);
-            all.extend(ids.zip(unpack(&b.flat, &b.lens())));
+            all.extend(ids.zip(unpack(&b.flat, &slot_lens(&b.slots))));
         }
         all.sort_by_key(|(id, _)| *id);
         all
@@ -250,7 +249,7 @@ impl<B: Backend> FlatGrads<B> {
     /// Every bucket back to one tensor per parameter.
     fn unpack(&mut self) {
         for b in std::mem::take(&mut self.packed) {
-            let lens = b.lens();
+            let lens = slot_lens(&b.slots);
             let ids = b.slots.into_iter().map(|(id, _)| id);
             self.loose.extend(ids.zip(unpack(&b.flat, &lens)));
         }
@@ -341,12 +340,6 @@ struct Moments<B: Backend> {
     slots: Vec<(String, usize)>,
     exp_avg: Tensor<B, 1>,
     exp_avg_sq: Tensor<B, 1>,
-}
-
-impl<B: Backend> Moments<B> {
-    fn lens(&self) -> Vec<usize> {
-        self.slots.iter().map(|(_, n)| *n).collect()
-    }
 }
 
 /// `torch.optim.AdamW` (no amsgrad), with its state by parameter path, updating the parameters
@@ -457,7 +450,7 @@ impl<B: Backend> AdamW<B> {
         for bucket in std::mem::take(&mut grads.packed) {
             // The parameters of the module (a gradient of another is left alone), grouped by
             // the number of updates they have had.
-            let lens = bucket.lens();
+            let lens = slot_lens(&bucket.slots);
             let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
             let mut known = Vec::with_capacity(lens.len());
             for (i, (id, len)) in bucket.slots.iter().enumerate() {
@@ -496,8 +489,7 @@ impl<B: Backend> AdamW<B> {
                 );
                 let prior = (step > 0).then(|| self.gather(&slots, &index));
                 let (param, exp_avg, exp_avg_sq) = self.update(param, grad, prior, step + 1, lr);
-                let group_lens: Vec<usize> = slots.iter().map(|(_, n)| *n).collect();
-                updated.extend(ids.into_iter().zip(unpack(&param, &group_lens)));
+                updated.extend(ids.into_iter().zip(unpack(&param, &slot_lens(&slots))));
                 fresh.push(Moments {
                     step: step + 1,
                     slots,
@@ -518,7 +510,7 @@ impl<B: Backend> AdamW<B> {
                 kept.push(m.clone());
                 continue;
             }
-            let lens = m.lens();
+            let lens = slot_lens(&m.slots);
             let avg = unpack(&m.exp_avg, &lens);
             let avg_sq = unpack(&m.exp_avg_sq, &lens);
             for ((slot, a), s) in m.slots.iter().zip(avg).zip(avg_sq) {

@@ -95,22 +95,18 @@ pub fn linear<B: Backend, const D: usize>(
     let dims = x.dims();
     let [d_in, d_out] = weight_t.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    if matmul_choice() == MatmulChoice::Burn || !super::enabled() {
-        if D <= 2 {
-            return burn::tensor::module::linear(x, weight_t, bias);
-        }
-        let mut out = dims;
-        out[D - 1] = d_out;
-        let y = burn::tensor::module::linear(x.reshape([rows, d_in]), weight_t, bias);
-        return y.reshape(out);
-    }
-    let y = matmul(x.reshape([rows, d_in]), weight_t);
-    let y = match bias {
-        Some(b) => y + b.reshape([1, d_out]),
-        None => y,
-    };
     let mut out = dims;
     out[D - 1] = d_out;
+    let x = x.reshape([rows, d_in]);
+    let y = if matmul_choice() == MatmulChoice::Burn || !super::enabled() {
+        burn::tensor::module::linear(x, weight_t, bias)
+    } else {
+        let y = matmul(x, weight_t);
+        match bias {
+            Some(b) => y + b.reshape([1, d_out]),
+            None => y,
+        }
+    };
     y.reshape(out)
 }
 
