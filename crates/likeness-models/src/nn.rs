@@ -67,34 +67,37 @@ impl<B: Backend> Linear<B> {
     }
 
     /// `x @ weightᵀ + bias`, computed in the weight's dtype (the input is cast to it), plus the
-    /// adapter's update computed in the adapter's dtype (f32 adapters on bf16 weights: mixed
-    /// precision) and cast back.
+    /// adapter's update `scale · (x @ downᵀ) @ upᵀ` in the same dtype: adapters kept in f32 on
+    /// half-precision weights (mixed precision) are cast to it, as PyTorch's autocast casts
+    /// them, so the products read the input the base product reads (one copy of it kept for
+    /// the gradients, not an f32 copy per adapter) and the update needs no cast back. Their
+    /// gradients come back through the casts in the adapters' own dtype. A scale of one (alpha
+    /// equal to the rank, the default) is not multiplied; another scales `up` (`[out, rank]`),
+    /// not the update.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let device = x.device();
         let weight = self.weight.val();
-        let base_input = in_dtype(x.clone(), weight.dtype());
+        let dtype = weight.dtype();
+        let input = in_dtype(x, dtype);
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let Some(l) = &self.lora else {
+            return profile::span::<B, _>(&device, "linear", || {
+                crate::kernels::matmul::linear(input, weight, bias)
+            });
+        };
         let base = profile::span::<B, _>(&device, "linear", || {
-            crate::kernels::matmul::linear(
-                base_input,
-                weight.transpose(),
-                self.bias.as_ref().map(|b| b.val()),
-            )
+            crate::kernels::matmul::linear(input.clone(), weight, bias)
         });
-        match &self.lora {
-            None => base,
-            Some(l) => profile::span::<B, _>(&device, "lora", || {
-                let down = l.down.val();
-                let low = crate::kernels::matmul::linear(
-                    in_dtype(x, down.dtype()),
-                    down.transpose(),
-                    None,
-                );
-                let update =
-                    crate::kernels::matmul::linear(low, l.up.val().transpose(), None) * l.scale();
-                let dtype = base.dtype();
-                base + in_dtype(update, dtype)
-            }),
-        }
+        profile::span::<B, _>(&device, "lora", || {
+            let scale = l.scale();
+            let up = if scale == 1.0 {
+                l.up.val()
+            } else {
+                l.up.val() * scale
+            };
+            let low = crate::kernels::matmul::linear(input, in_dtype(l.down.val(), dtype), None);
+            base + crate::kernels::matmul::linear(low, in_dtype(up, dtype), None)
+        })
     }
 
     /// Adds `delta` [out, in] to the weight (merging a LoRA file).

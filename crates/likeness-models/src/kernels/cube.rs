@@ -1,5 +1,5 @@
 //! CubeCL kernels shared by the CUDA and wgpu backends: GroupNorm (+SiLU) here, flash attention
-//! in [`attention`].
+//! in [`attention`], the GEGLU gate in `geglu`.
 //!
 //! Burn's tensor ops run a GroupNorm as a chain of reductions and element-wise passes, each
 //! reading and writing an activation-sized tensor (and, before the op's own backward, each kept
@@ -41,7 +41,10 @@ pub mod attention;
 mod attention_mma;
 pub mod conv;
 pub mod flash;
+mod geglu;
 pub mod matmul;
+
+pub(super) use geglu::{geglu_backward, geglu_forward};
 
 /// Per-process counts of which path ran, `N` paths (the conv tiers, the flash paths).
 struct Tally<const N: usize>([std::sync::atomic::AtomicU64; N]);

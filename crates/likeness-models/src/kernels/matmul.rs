@@ -4,13 +4,14 @@
 //! A build without Burn's `autotune` feature runs one algorithm for every matmul (the simple
 //! cyclic tensor-core one at default tiles); the single-op benchmark on an H100 put the
 //! feed-forward's `[8192, 320] × [320, 2560]` at 1.6 ms forward in f32 against PyTorch's 0.2 in
-//! bf16 (`docs/perf.md`, session 14). Under [`MatmulChoice::Burn`] (the default) nothing
-//! changes; any other choice runs that algorithm for the forward and both gradients
-//! (`likeness bench --only matmuls` times them all in one process), as one autodiff op that keeps
-//! what Burn's keeps (the left operand only where the right one takes a gradient and vice versa),
-//! and marks its backward as `linear bwd` in the step profile. Elsewhere than on the CubeCL
-//! backends, and for shapes it does not take (broadcast batch dimensions, mixed dtypes), Burn's
-//! matmul runs.
+//! bf16 (`docs/perf.md`, session 14). Under [`MatmulChoice::Burn`] (the default) Burn's
+//! matmul runs (the linear layers' still through the op under autodiff, for their weight
+//! gradients' layout: [`linear`]); any other choice runs that algorithm for the forward and
+//! both gradients (`likeness bench --only matmuls` times them all in one process), as one
+//! autodiff op that keeps what Burn's keeps (the left operand only where the right one takes a
+//! gradient and vice versa), and marks its backward as `linear bwd` in the step profile.
+//! Elsewhere than on the CubeCL backends, and for shapes it does not take (broadcast batch
+//! dimensions, mixed dtypes), Burn's matmul runs.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -82,32 +83,65 @@ pub fn matmul_counts() -> [u64; 2] {
     [0; 2]
 }
 
-/// `x @ weight_t + bias` over `x`'s last dimension (`weight_t` `[in, out]`), as
-/// `burn::tensor::module::linear`, with the matmul by [`matmul`]. Always as one 2-D product
-/// over `x`'s rows: Burn's `linear` broadcasts the weight over `x`'s leading dimensions, so
-/// its weight gradient is a batched product followed by a sum over them (a reduction launched
-/// for every trained linear in every step).
+/// `x @ weightᵀ + bias` over `x`'s last dimension, `weight` `[out, in]` (PyTorch's layout, as
+/// `nn::Linear` stores it), as `burn::tensor::module::linear` on the transposed weight, with
+/// the matmul by [`matmul`]'s algorithm. Always as one 2-D product over `x`'s rows: Burn's
+/// `linear` broadcasts the weight over `x`'s leading dimensions, so its weight gradient is a
+/// batched product followed by a sum over them (a reduction launched for every trained linear in
+/// every step). Under autodiff the product is one op whose weight gradient is `gradᵀ · x`,
+/// `[out, in]` like the weight and contiguous; Burn's matmul on the transposed weight gives the
+/// gradient of the transpose, `xᵀ · grad`, as a transposed view, which the optimizer copies to
+/// flatten (one copy per trained weight per step: 256 for SD 1.5's attention LoRA).
 pub fn linear<B: Backend, const D: usize>(
     x: Tensor<B, D>,
-    weight_t: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, D> {
     let dims = x.dims();
-    let [d_in, d_out] = weight_t.dims();
+    let [d_out, d_in] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let mut out = dims;
     out[D - 1] = d_out;
     let x = x.reshape([rows, d_in]);
-    let y = if matmul_choice() == MatmulChoice::Burn || !super::enabled() {
-        burn::tensor::module::linear(x, weight_t, bias)
+    let y = if !super::enabled() {
+        burn::tensor::module::linear(x, weight.transpose(), bias)
     } else {
-        let y = matmul(x, weight_t);
+        let y = times_transposed(x, weight);
         match bias {
             Some(b) => y + b.reshape([1, d_out]),
             None => y,
         }
     };
     y.reshape(out)
+}
+
+/// `x · wᵀ` for `x` `[rows, in]` and `w` `[out, in]`: under a recognised autodiff backend one
+/// op with the gradients `grad · w` and `gradᵀ · x`; elsewhere [`matmul`] on the transposed
+/// weight.
+fn times_transposed<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    if x.dtype() == w.dtype() {
+        let choice = matmul_choice();
+        macro_rules! attempt {
+            ($inner:ty, $strategy:ty) => {
+                if let Some(out) = attempt_transposed::<B, $inner, $strategy>(&x, &w, choice) {
+                    return out;
+                }
+            };
+        }
+        for_each_autodiff_backend!(attempt);
+    }
+    matmul(x, w.transpose())
+}
+
+fn attempt_transposed<B: Backend, I: Backend, C: CheckpointStrategy>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    choice: MatmulChoice,
+) -> Option<Tensor<B, 2>> {
+    type A<I, C> = Autodiff<I, C>;
+    let (x, w) = (downcast::<B, A<I, C>, 2>(x)?, downcast::<B, A<I, C>, 2>(w)?);
+    let out = wrap::<A<I, C>, 2>(tracked::<I, C, 2>(x, w, choice, true));
+    downcast(&out)
 }
 
 /// `lhs · rhs` over the last two dimensions: by the algorithm of [`matmul_choice`] on the CubeCL
@@ -159,7 +193,7 @@ fn attempt<B: Backend, I: Backend, C: CheckpointStrategy, const D: usize>(
     if !super::cube_applies::<I>() {
         return None;
     }
-    let out = wrap::<A<I, C>, D>(tracked::<I, C, D>(lhs, rhs, choice));
+    let out = wrap::<A<I, C>, D>(tracked::<I, C, D>(lhs, rhs, choice, false));
     downcast(&out)
 }
 
@@ -188,8 +222,12 @@ fn compute<I: Backend>(
     inner::<I>(lhs.clone(), rhs.clone(), choice).unwrap_or_else(|| I::float_matmul(lhs, rhs))
 }
 
+/// `lhs · rhs`, or with `rhs_transposed` `lhs · rhsᵀ` (the gradients then in the operands' own
+/// layouts: `grad · rhs` and `gradᵀ · lhs`).
 #[derive(Debug)]
-struct Matmul;
+struct Matmul {
+    rhs_transposed: bool,
+}
 
 /// The left operand (only where the right one takes a gradient), the right one (only where the
 /// left one does), and the algorithm.
@@ -205,13 +243,23 @@ impl<I: Backend> Backward<I, 2> for Matmul {
         let lhs: Option<FloatTensor<I>> = lhs_state.map(|s| cp.retrieve_node_output(s));
         let rhs: Option<FloatTensor<I>> = rhs_state.map(|s| cp.retrieve_node_output(s));
         let device = I::float_device(&grad);
+        let transposed = self.rhs_transposed;
         crate::profile::span::<I, _>(&device, "linear bwd", || {
             if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
-                let d_lhs = compute::<I>(grad.clone(), I::float_transpose(rhs), choice);
+                let rhs = if transposed {
+                    rhs
+                } else {
+                    I::float_transpose(rhs)
+                };
+                let d_lhs = compute::<I>(grad.clone(), rhs, choice);
                 grads.register::<I>(node.id, d_lhs);
             }
             if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
-                let d_rhs = compute::<I>(I::float_transpose(lhs), grad, choice);
+                let d_rhs = if transposed {
+                    compute::<I>(I::float_transpose(grad), lhs, choice)
+                } else {
+                    compute::<I>(I::float_transpose(lhs), grad, choice)
+                };
                 grads.register::<I>(node.id, d_rhs);
             }
         });
@@ -222,9 +270,18 @@ fn tracked<I: Backend, C: CheckpointStrategy, const D: usize>(
     lhs: Tensor<Autodiff<I, C>, D>,
     rhs: Tensor<Autodiff<I, C>, D>,
     choice: MatmulChoice,
+    rhs_transposed: bool,
 ) -> FloatTensor<Autodiff<I, C>> {
     let (lhs, rhs) = (float(lhs), float(rhs));
-    match Matmul
+    let product = |lhs, rhs| {
+        let rhs = if rhs_transposed {
+            I::float_transpose(rhs)
+        } else {
+            rhs
+        };
+        compute::<I>(lhs, rhs, choice)
+    };
+    match (Matmul { rhs_transposed })
         .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
         .compute_bound()
         .stateful()
@@ -232,10 +289,10 @@ fn tracked<I: Backend, C: CheckpointStrategy, const D: usize>(
         OpsKind::Tracked(mut prep) => {
             let lhs_state = (!rhs.node.requirement.is_none()).then(|| prep.checkpoint(&lhs));
             let rhs_state = (!lhs.node.requirement.is_none()).then(|| prep.checkpoint(&rhs));
-            let out = compute::<I>(lhs.primitive, rhs.primitive, choice);
+            let out = product(lhs.primitive, rhs.primitive);
             prep.finish((lhs_state, rhs_state, choice), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(compute::<I>(lhs.primitive, rhs.primitive, choice)),
+        OpsKind::UnTracked(prep) => prep.finish(product(lhs.primitive, rhs.primitive)),
     }
 }
 

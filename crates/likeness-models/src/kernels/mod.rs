@@ -54,6 +54,7 @@ pub mod attention;
 pub mod conv;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
+pub mod geglu;
 pub mod group_norm;
 pub mod matmul;
 

@@ -3,7 +3,6 @@
 
 use burn::nn::Dropout;
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use burn::tensor::{DType, FloatDType};
 
 use crate::error::Result;
@@ -72,12 +71,10 @@ pub struct GEGLU<B: Backend> {
 }
 
 impl<B: Backend> GEGLU<B> {
-    /// [.., L, dim_in] → [.., L, dim_out] as `h * gelu(gate)` (exact erf GELU).
+    /// [.., L, dim_in] → [.., L, dim_out] as `h * gelu(gate)` (exact erf GELU), one op
+    /// ([`crate::kernels::geglu`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.proj.forward(x);
-        let half = h.dims()[2] / 2;
-        let gate = h.clone().narrow(2, half, half);
-        h.narrow(2, 0, half) * gelu(gate)
+        crate::kernels::geglu::geglu(self.proj.forward(x))
     }
 }
 

@@ -47,7 +47,7 @@ impl<AB: AutodiffBackend> UNet2DConditionModel<AB> {
             )));
         }
         let out_dtype = sample.dtype();
-        let context = encoder_hidden_states;
+        let context = self.context_in_compute_dtype(encoder_hidden_states);
         let temb_act = self.time_embedding_act(timesteps, sample.dims()[0]);
         // Which of the layers' shared inputs lead back to trained weights.
         let temb_tracked = is_tracked(&temb_act);

@@ -218,9 +218,15 @@ impl<B: Backend> UNet2DConditionModel<B> {
             &plan::plan(self),
             sample,
             &temb_act,
-            &encoder_hidden_states,
+            &self.context_in_compute_dtype(encoder_hidden_states),
             out_dtype,
         )
+    }
+
+    /// The text context in the weights' dtype, cast once for every cross-attention's keys and
+    /// values (each projection would otherwise cast it again: two casts per transformer).
+    pub(crate) fn context_in_compute_dtype(&self, context: Tensor<B, 3>) -> Tensor<B, 3> {
+        crate::nn::in_dtype(context, self.conv_in.weight.val().dtype())
     }
 
     /// SiLU of the time embedding of `timesteps` (`[N]`, or `[1]` broadcast over `batch` as

@@ -20,7 +20,7 @@ type F = burn::backend::Flex;
 
 /// A linear layer's output and the gradients of its input, weight (where it trains: a full
 /// fine-tune, not LoRA) and bias under an upstream gradient through `tanh`: x `[2, rows, d_in]`,
-/// weight `[d_out, d_in]` used transposed, as `nn::Linear` does.
+/// weight `[d_out, d_in]`, as `nn::Linear` stores it.
 fn linear_grads<A: burn::tensor::backend::AutodiffBackend>(
     rows: usize,
     d_in: usize,
@@ -57,7 +57,7 @@ fn linear_grads_in<A: burn::tensor::backend::AutodiffBackend>(
         dtype,
     )
     .require_grad();
-    let y = linear(x.clone(), w.clone().transpose(), Some(b.clone()));
+    let y = linear(x.clone(), w.clone(), Some(b.clone()));
     let grads = y.clone().tanh().sum().backward();
     let mut out = vec![values(y), values(x.grad(&grads).expect("x trains"))];
     out.push(values(b.grad(&grads).expect("the bias trains")));

@@ -426,3 +426,120 @@ fn conv_matches_burns_autodiff() {
         }
     }
 }
+
+// ---- Linear (x · weightᵀ as one autodiff op: the weight's gradient in the weight's layout) ----
+
+/// Output and gradients of `x` [2, 5, 7], the weight [3, 7] (where it trains) and the bias
+/// through `f`, under a fixed upstream gradient; also whether the weight's gradient came back
+/// contiguous (the optimizer flattens it: a strided one is copied).
+fn linear_run<A: burn::tensor::backend::AutodiffBackend<InnerBackend = B>>(
+    weight_trains: bool,
+    f: impl Fn(Tensor<A, 3>, Tensor<A, 2>, Tensor<A, 1>) -> Tensor<A, 3>,
+) -> (Vec<Vec<f32>>, Option<bool>) {
+    let x = seeded::<A, 3>([2, 5, 7], 41, 0.0, 1.0).require_grad();
+    let mut w = seeded::<A, 2>([3, 7], 42, 0.0, 0.5);
+    if weight_trains {
+        w = w.require_grad();
+    }
+    let b = seeded::<A, 1>([3], 43, 0.1, 0.3).require_grad();
+    let up = seeded::<A, 3>([2, 5, 3], 44, 0.0, 1.0);
+    let y = f(x.clone(), w.clone(), b.clone());
+    let grads = (y.clone() * up).sum().backward();
+    let mut out = vec![
+        values(y),
+        values(x.grad(&grads).expect("x trains")),
+        values(b.grad(&grads).expect("the bias trains")),
+    ];
+    let contiguous = w.grad(&grads).map(|g| {
+        out.push(values(g.clone()));
+        g.into_primitive().tensor().is_contiguous()
+    });
+    assert_eq!(contiguous.is_some(), weight_trains, "the weight's gradient");
+    (out, contiguous)
+}
+
+#[test]
+fn linear_matches_burns_autodiff_and_gives_the_weight_gradient_in_its_layout() {
+    let burns = |x: Tensor<AD, 3>, w: Tensor<AD, 2>, b: Tensor<AD, 1>| {
+        x.matmul(w.transpose().unsqueeze::<3>()) + b.reshape([1, 1, 3])
+    };
+    let ours = likeness_models::kernels::matmul::linear::<AD, 3>;
+    let ours_cp = likeness_models::kernels::matmul::linear::<ADRecompute, 3>;
+    for weight_trains in [true, false] {
+        let (want, _) = linear_run::<AD>(weight_trains, burns);
+        let (got, contiguous) = linear_run::<AD>(weight_trains, |x, w, b| ours(x, w, Some(b)));
+        let (got_cp, _) =
+            linear_run::<ADRecompute>(weight_trains, |x, w, b| ours_cp(x, w, Some(b)));
+        assert_eq!(got.len(), want.len());
+        for (k, name) in ["y", "dx", "dbias", "dweight"]
+            .iter()
+            .take(want.len())
+            .enumerate()
+        {
+            let what = format!("linear {name}, weight trains {weight_trains}");
+            assert_close(&what, &got[k], &want[k]);
+            assert_close(&format!("{what}, checkpointing"), &got_cp[k], &want[k]);
+        }
+        if weight_trains {
+            assert_eq!(
+                contiguous,
+                Some(true),
+                "the weight's gradient is [out, in] as stored"
+            );
+        }
+    }
+    // Burn's product on the transposed weight gives the transpose's gradient, a strided view:
+    // what the op replaces (if Burn changes this, the op's reason is gone).
+    let (_, contiguous) = linear_run::<AD>(true, burns);
+    assert_eq!(contiguous, Some(false));
+}
+
+// ---- GEGLU (value · gelu(gate) as one autodiff op that keeps only its input) ----
+
+/// Output and gradient of `h` `[2, rows, 2·n]` through `f` under a fixed upstream gradient.
+fn geglu_run<A: burn::tensor::backend::AutodiffBackend>(
+    rows: usize,
+    n: usize,
+    f: impl Fn(Tensor<A, 3>) -> Tensor<A, 3>,
+) -> [Vec<f32>; 2] {
+    let h = seeded::<A, 3>([2, rows, 2 * n], 50 + n as u64, 0.2, 3.0).require_grad();
+    let up = seeded::<A, 3>([2, rows, n], 60 + n as u64, 0.0, 1.0);
+    let out = f(h.clone());
+    let grads = (out.clone() * up).sum().backward();
+    [values(out), values(h.grad(&grads).expect("h trains"))]
+}
+
+#[test]
+fn geglu_matches_burns_autodiff() {
+    use likeness_models::kernels::geglu::{geglu, reference};
+    // A row of one, an odd half, a longer one.
+    for (rows, n) in [(1, 1), (5, 7), (3, 64)] {
+        let want = geglu_run::<AD>(rows, n, reference);
+        let got = geglu_run::<AD>(rows, n, geglu);
+        let got_cp = geglu_run::<ADRecompute>(rows, n, geglu);
+        for (k, name) in ["out", "dh"].iter().enumerate() {
+            assert_close(
+                &format!("geglu {name} rows={rows} n={n}"),
+                &got[k],
+                &want[k],
+            );
+            assert_close(
+                &format!("geglu {name} rows={rows} n={n}, checkpointing"),
+                &got_cp[k],
+                &want[k],
+            );
+        }
+    }
+    // The closed-form backward by itself on the plain backend, against autodiff's.
+    let h = seeded::<B, 2>([4, 10], 70, 0.0, 3.0);
+    let dy = seeded::<B, 2>([4, 5], 71, 0.0, 1.0);
+    let want = {
+        let h = Tensor::<AD, 2>::from_inner(h.clone()).require_grad();
+        let g = (reference(h.clone()) * Tensor::<AD, 2>::from_inner(dy.clone()))
+            .sum()
+            .backward();
+        values(h.grad(&g).unwrap())
+    };
+    let got = likeness_models::kernels::geglu::backward_burn(h, dy);
+    assert_close("geglu backward_burn", &values(got), &want);
+}

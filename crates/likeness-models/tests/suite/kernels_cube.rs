@@ -250,3 +250,72 @@ fn the_gpu_pool_reports_what_tensors_hold() {
     assert_eq!(pool_usage(DeviceChoice::Cpu), None);
     drop(t);
 }
+
+/// The GEGLU kernels (`kernels::geglu` on wgpu: one launch each way) against Burn's ops on the
+/// CPU, forward and backward, in f32 and in f16 (within f16's rounding).
+#[test]
+fn geglu_kernels_match_burns_ops() {
+    use likeness_models::kernels::geglu;
+    if skip() {
+        return;
+    }
+    // Rows of one, an odd half (units straddle rows), more outputs than a cube's units.
+    for (rows, n) in [(1, 1), (7, 5), (33, 40)] {
+        let h = numbers(rows * 2 * n, rows as u64, 0.1, 3.0);
+        let dy = numbers(rows * n, rows as u64 + 1, 0.0, 1.0);
+        let want_out = values(geglu::forward_burn(tensor::<F, 2>(&h, [rows, 2 * n])));
+        let want_dh = values(geglu::backward_burn(
+            tensor::<F, 2>(&h, [rows, 2 * n]),
+            tensor::<F, 2>(&dy, [rows, n]),
+        ));
+        let (hw, dyw) = (
+            tensor::<W, 2>(&h, [rows, 2 * n]),
+            tensor::<W, 2>(&dy, [rows, n]),
+        );
+        let what = format!("rows={rows} n={n}");
+        assert_close(
+            &format!("geglu forward {what}"),
+            &values(geglu::forward(hw.clone())),
+            &want_out,
+        );
+        assert_close(
+            &format!("geglu backward {what}"),
+            &values(geglu::backward(hw.clone(), dyw.clone())),
+            &want_dh,
+        );
+        // f16: the kernels read and write f16 and compute in f32.
+        let half = |t: Tensor<W, 2>| t.cast(burn::tensor::DType::F16);
+        let out16 = geglu::forward(half(hw.clone()));
+        assert_eq!(out16.dtype(), burn::tensor::DType::F16);
+        let dh16 = geglu::backward(half(hw), half(dyw));
+        for (name, got, want) in [
+            ("forward", values(out16), &want_out),
+            ("backward", values(dh16), &want_dh),
+        ] {
+            let err = common::rel_err(&got, want);
+            assert!(err < 4e-3, "geglu {name} f16 {what}: rel err {err}");
+        }
+    }
+    // Training through the op on wgpu against Burn's autodiff on the CPU.
+    let (rows, n) = (6, 9);
+    let h = numbers(rows * 2 * n, 5, 0.0, 2.0);
+    let up = numbers(rows * n, 6, 0.0, 1.0);
+    fn grads<A: burn::tensor::backend::AutodiffBackend>(
+        h: &[f32],
+        up: &[f32],
+        rows: usize,
+        n: usize,
+        f: impl Fn(Tensor<A, 2>) -> Tensor<A, 2>,
+    ) -> [Vec<f32>; 2] {
+        let h = tensor::<A, 2>(h, [rows, 2 * n]).require_grad();
+        let out = f(h.clone());
+        let g = (out.clone() * tensor::<A, 2>(up, [rows, n]))
+            .sum()
+            .backward();
+        [values(out), values(h.grad(&g).unwrap())]
+    }
+    let want = grads::<Autodiff<F>>(&h, &up, rows, n, geglu::reference);
+    let got = grads::<Autodiff<W>>(&h, &up, rows, n, geglu::geglu);
+    assert_close("geglu training out", &got[0], &want[0]);
+    assert_close("geglu training dh", &got[1], &want[1]);
+}

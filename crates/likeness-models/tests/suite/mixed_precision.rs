@@ -91,19 +91,21 @@ fn text_encoder_and_vae_with_bf16_weights_answer_in_f32() {
     }
 }
 
-#[test]
-fn lora_on_bf16_base_trains_in_f32() {
+/// Every adapter's `down` and `up` gradients, in path order, with the UNet fixture's base
+/// weights in `base_dtype` and rank-2 adapters attached afterwards (in f32, non-zero `up` so
+/// both factors get gradients); checks that the base stays frozen in its dtype and that the
+/// adapters and their gradients are f32.
+fn lora_gradients(base_dtype: DType) -> Vec<(String, Vec<f32>)> {
     type AB = Autodiff<B>;
     let device = Default::default();
     let model = UNet2DConditionModel::<AB>::load_from_dir(fixture("unet_sd1"), &device).unwrap();
-    let base = cast_params(model, DType::BF16);
+    let base = cast_params(model, base_dtype);
     let shape = LoraShape {
         rank: 2,
         alpha: 2.0,
     };
     let (mut unet, paths) = lora::attach(base, &LoraTargets::unet_attention(), shape, 7);
     assert!(!paths.is_empty());
-    // Non-zero `up` so both factors get gradients.
     for (_, lin) in unet.linears_mut() {
         if let Some(adapter) = lin.lora.as_mut() {
             adapter.up = adapter
@@ -120,15 +122,14 @@ fn lora_on_bf16_base_trains_in_f32() {
     assert_eq!(out.dtype(), DType::F32);
     let grads = out.powi_scalar(2).mean().backward();
 
-    let mut adapters = 0;
+    let mut all = Vec::new();
     for (path, lin) in unet.linears_mut() {
-        assert_eq!(lin.weight.val().dtype(), DType::BF16, "{path}: base weight");
+        assert_eq!(lin.weight.val().dtype(), base_dtype, "{path}: base weight");
         assert!(
             lin.weight.val().grad(&grads).is_none(),
             "{path}: a frozen weight got a gradient"
         );
         if let Some(adapter) = &lin.lora {
-            adapters += 1;
             for (factor, p) in [("down", &adapter.down), ("up", &adapter.up)] {
                 assert_eq!(p.val().dtype(), DType::F32, "{path}.{factor}");
                 let g = p
@@ -142,8 +143,31 @@ fn lora_on_bf16_base_trains_in_f32() {
                     g.iter().any(|v| *v != 0.0),
                     "{path}.{factor}: zero gradient"
                 );
+                all.push((format!("{path}.{factor}"), g));
             }
         }
     }
-    assert_eq!(adapters, paths.len());
+    assert_eq!(all.len(), 2 * paths.len());
+    all
+}
+
+/// The adapters' products run in the base's bf16 (the f32 adapters cast to it, as under
+/// PyTorch's autocast); their gradients come back in f32 and follow an all-f32 run's within
+/// bf16's rounding.
+#[test]
+fn lora_on_bf16_base_trains_in_f32() {
+    let half = lora_gradients(DType::BF16);
+    let full = lora_gradients(DType::F32);
+    assert_eq!(half.len(), full.len());
+    let (h, f): (Vec<f32>, Vec<f32>) = half
+        .iter()
+        .zip(&full)
+        .flat_map(|((ph, h), (pf, f))| {
+            assert_eq!(ph, pf);
+            h.iter().copied().zip(f.iter().copied())
+        })
+        .unzip();
+    let err = rel_err(&h, &f);
+    println!("LoRA gradients, bf16 base vs f32: rel err {err:.3e}");
+    assert!(err > 1e-6 && err <= BF16_TOLERANCE, "rel err {err}");
 }
