@@ -123,7 +123,7 @@ fn times_transposed<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2
         let choice = matmul_choice();
         macro_rules! attempt {
             ($inner:ty, $strategy:ty) => {
-                if let Some(out) = attempt_transposed::<B, $inner, $strategy>(&x, &w, choice) {
+                if let Some(out) = attempt::<B, $inner, $strategy, 2>(&x, &w, choice, true) {
                     return out;
                 }
             };
@@ -131,17 +131,6 @@ fn times_transposed<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2
         for_each_autodiff_backend!(attempt);
     }
     matmul(x, w.transpose())
-}
-
-fn attempt_transposed<B: Backend, I: Backend, C: CheckpointStrategy>(
-    x: &Tensor<B, 2>,
-    w: &Tensor<B, 2>,
-    choice: MatmulChoice,
-) -> Option<Tensor<B, 2>> {
-    type A<I, C> = Autodiff<I, C>;
-    let (x, w) = (downcast::<B, A<I, C>, 2>(x)?, downcast::<B, A<I, C>, 2>(w)?);
-    let out = wrap::<A<I, C>, 2>(tracked::<I, C, 2>(x, w, choice, true));
-    downcast(&out)
 }
 
 /// `lhs · rhs` over the last two dimensions: by the algorithm of [`matmul_choice`] on the CubeCL
@@ -169,7 +158,7 @@ fn op<B: Backend, const D: usize>(
     }
     macro_rules! attempt {
         ($inner:ty, $strategy:ty) => {
-            if let Some(out) = attempt::<B, $inner, $strategy, D>(lhs, rhs, choice) {
+            if let Some(out) = attempt::<B, $inner, $strategy, D>(lhs, rhs, choice, false) {
                 return Some(out);
             }
         };
@@ -179,21 +168,25 @@ fn op<B: Backend, const D: usize>(
     inner::<B>(float(lhs.clone()), float(rhs.clone()), choice).map(wrap)
 }
 
+/// The op on autodiff backend `Autodiff<I, C>` if `B` is it. A plain product (a chosen
+/// algorithm) only where `I` runs CubeCL, else Burn's autodiff matmul is as good; a product by
+/// the transposed right operand (a linear layer's) on every such backend, for its gradient's
+/// layout.
 fn attempt<B: Backend, I: Backend, C: CheckpointStrategy, const D: usize>(
     lhs: &Tensor<B, D>,
     rhs: &Tensor<B, D>,
     choice: MatmulChoice,
+    rhs_transposed: bool,
 ) -> Option<Tensor<B, D>> {
     type A<I, C> = Autodiff<I, C>;
     let (lhs, rhs) = (
         downcast::<B, A<I, C>, D>(lhs)?,
         downcast::<B, A<I, C>, D>(rhs)?,
     );
-    // The op only on runtimes that run it; elsewhere Burn's autodiff matmul.
-    if !super::cube_applies::<I>() {
+    if !rhs_transposed && !super::cube_applies::<I>() {
         return None;
     }
-    let out = wrap::<A<I, C>, D>(tracked::<I, C, D>(lhs, rhs, choice, false));
+    let out = wrap::<A<I, C>, D>(tracked::<I, C, D>(lhs, rhs, choice, rhs_transposed));
     downcast(&out)
 }
 

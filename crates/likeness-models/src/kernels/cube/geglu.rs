@@ -7,6 +7,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::{Apply, KernelOp, applies, elementwise, empty, enabled};
 use crate::kernels::{ToDtype, float, wrap};
@@ -24,6 +25,15 @@ mod device {
         (g * cdf, cdf + g * pdf)
     }
 
+    /// Where output element `i` (of `[rows, half]`) finds its value and its gate in the row
+    /// `[value | gate]` of `h` (`[rows, 2·half]`).
+    #[cube]
+    fn halves(i: usize, half: u32) -> (usize, usize) {
+        let n = half as usize;
+        let value = i + (i / n) * n;
+        (value, value + n)
+    }
+
     /// `out[r, j] = h[r, j] · gelu(h[r, n + j])` for `elements = rows·n` outputs.
     #[cube(launch)]
     pub(super) fn forward_kernel<F: Float>(
@@ -35,11 +45,9 @@ mod device {
     ) {
         let i = ABSOLUTE_POS;
         if i < elements as usize {
-            let n = half as usize;
-            let row = i / n;
-            let at = i + row * n;
-            let (gelu, _) = gelu_and_slope(f32::cast_from(h[at + n]));
-            out[i] = F::cast_from(f32::cast_from(h[at]) * gelu);
+            let (value, gate) = halves(i, half);
+            let (gelu, _) = gelu_and_slope(f32::cast_from(h[gate]));
+            out[i] = F::cast_from(f32::cast_from(h[value]) * gelu);
         }
     }
 
@@ -56,14 +64,12 @@ mod device {
     ) {
         let i = ABSOLUTE_POS;
         if i < elements as usize {
-            let n = half as usize;
-            let row = i / n;
-            let at = i + row * n;
-            let v = f32::cast_from(h[at]);
-            let (gelu, slope) = gelu_and_slope(f32::cast_from(h[at + n]));
+            let (value, gate) = halves(i, half);
+            let v = f32::cast_from(h[value]);
+            let (gelu, slope) = gelu_and_slope(f32::cast_from(h[gate]));
             let d = f32::cast_from(dy[i]);
-            dh[at] = F::cast_from(d * gelu);
-            dh[at + n] = F::cast_from(d * v * slope);
+            dh[value] = F::cast_from(d * gelu);
+            dh[gate] = F::cast_from(d * v * slope);
         }
     }
 }
@@ -75,21 +81,17 @@ struct ForwardOp;
 impl KernelOp<1, 1> for ForwardOp {
     fn run<R: CubeRuntime>(&self, [h]: [CubeTensor<R>; 1]) -> [CubeTensor<R>; 1] {
         let h = into_contiguous(h);
-        let [rows, width] = dims(&h);
-        let half = width / 2;
-        let out = empty(&h, Shape::new([rows, half]), h.dtype);
-        let elements = rows * half;
-        let (count, dim) = elementwise(&h, elements);
-        let dtype = h.dtype;
+        let l = Launch::of(&h);
+        let out = empty(&h, Shape::new([l.rows, l.half]), l.dtype);
         device::forward_kernel::launch::<R>(
             &h.client.clone(),
-            count,
-            dim,
+            l.count,
+            l.dim,
             h.into_tensor_arg(),
             out.clone().into_tensor_arg(),
-            elements as u32,
-            half as u32,
-            dtype.into(),
+            l.elements,
+            l.half as u32,
+            l.dtype.into(),
         );
         [out]
     }
@@ -102,29 +104,49 @@ struct BackwardOp;
 impl KernelOp<2, 1> for BackwardOp {
     fn run<R: CubeRuntime>(&self, [h, dy]: [CubeTensor<R>; 2]) -> [CubeTensor<R>; 1] {
         let (h, dy) = (into_contiguous(h), into_contiguous(dy));
-        let [rows, width] = dims(&h);
-        let half = width / 2;
-        let dh = empty(&h, Shape::new([rows, width]), h.dtype);
-        let elements = rows * half;
-        let (count, dim) = elementwise(&h, elements);
-        let dtype = h.dtype;
+        let l = Launch::of(&h);
+        let dh = empty(&h, Shape::new([l.rows, 2 * l.half]), l.dtype);
         device::backward_kernel::launch::<R>(
             &h.client.clone(),
-            count,
-            dim,
+            l.count,
+            l.dim,
             h.into_tensor_arg(),
             dy.into_tensor_arg(),
             dh.clone().into_tensor_arg(),
-            elements as u32,
-            half as u32,
-            dtype.into(),
+            l.elements,
+            l.half as u32,
+            l.dtype.into(),
         );
         [dh]
     }
 }
 
-fn dims<R: CubeRuntime>(t: &CubeTensor<R>) -> [usize; 2] {
-    t.meta.shape().dims::<2>()
+/// The launch both ways: a unit per output element of `[rows, half]` for a contiguous `h`
+/// `[rows, 2·half]`.
+struct Launch {
+    rows: usize,
+    half: usize,
+    elements: u32,
+    dtype: DType,
+    count: CubeCount,
+    dim: CubeDim,
+}
+
+impl Launch {
+    fn of<R: CubeRuntime>(h: &CubeTensor<R>) -> Self {
+        let [rows, width] = h.meta.shape().dims::<2>();
+        let half = width / 2;
+        let (count, dim) = elementwise(h, rows * half);
+        Self {
+            rows,
+            half,
+            // `takes` checked that `h`'s indices fit.
+            elements: (rows * half) as u32,
+            dtype: h.dtype,
+            count,
+            dim,
+        }
+    }
 }
 
 /// Whether the kernels take `h` `[rows, 2·n]`: a CubeCL backend, kernels on, a float dtype
