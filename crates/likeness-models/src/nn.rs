@@ -71,7 +71,10 @@ impl<B: Backend> Linear<B> {
     /// half-precision weights (mixed precision) are cast to it, as PyTorch's autocast casts
     /// them, so the products read the input the base product reads (one copy of it kept for
     /// the gradients, not an f32 copy per adapter) and the update needs no cast back. Their
-    /// gradients come back through the casts in the adapters' own dtype. A scale of one (alpha
+    /// gradients come back through the casts in the adapters' own dtype. The trainers hand the
+    /// adapters back in the base's dtype after each update, their f32 values kept by the
+    /// optimizer (`likeness_train::optim::AdamW::keep_masters`), so there are no casts from the
+    /// second step on. A scale of one (alpha
     /// equal to the rank, the default) is not multiplied; another scales `up` (`[out, rank]`),
     /// not the update.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -90,13 +93,12 @@ impl<B: Backend> Linear<B> {
         });
         profile::span::<B, _>(&device, "lora", || {
             let scale = l.scale();
-            let up = if scale == 1.0 {
-                l.up.val()
-            } else {
-                l.up.val() * scale
-            };
+            // Scaled in the product's dtype, so that an adapter held in it (see above) and one
+            // cast to it give the same numbers.
+            let up = in_dtype(l.up.val(), dtype);
+            let up = if scale == 1.0 { up } else { up * scale };
             let low = crate::kernels::matmul::linear(input, in_dtype(l.down.val(), dtype), None);
-            base + crate::kernels::matmul::linear(low, in_dtype(up, dtype), None)
+            base + crate::kernels::matmul::linear(low, up, None)
         })
     }
 

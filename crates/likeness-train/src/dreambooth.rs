@@ -495,7 +495,7 @@ where
         trained.len(),
         trained.iter().map(|(_, n)| n).sum::<usize>()
     );
-    let mut optim = AdamW::<B>::new(config.adam);
+    let mut optim = AdamW::<B>::new(config.adam).keep_masters(trainable.working_dtype(&nets));
     let rng = TrainRng::new(config.seed);
     let mut step = 0;
     let mut last_checkpoint: Option<(usize, PathBuf)> = None;
@@ -699,7 +699,8 @@ where
     T: Trainable,
 {
     let writer = CheckpointWriter::begin(run, step)?;
-    trainable.save(nets, writer.dir())?;
+    // The trained weights' f32 values (the networks may hold them in half precision).
+    trainable.save(&optim.masters_into::<AB, _>(nets.clone()), writer.dir())?;
     optim
         .to_tensors()?
         .write(&writer.dir().join(OPTIMIZER_FILE))?;

@@ -15,6 +15,7 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use likeness_models::nn::in_dtype;
 use likeness_models::unet::UNet2DConditionModel;
 
 use crate::checkpoint::TensorFile;
@@ -215,11 +216,27 @@ impl<B: Backend> FlatGrads<B> {
         })
     }
 
-    /// Adds another micro-batch's gradients.
+    /// Adds another micro-batch's gradients, in f32: gradients of half-precision parameters
+    /// (adapters kept in the base's dtype, see [`AdamW::keep_masters`]) arrive in that dtype.
+    /// Two sets of the same parameters are packed and added bucket by bucket.
     pub fn accumulate(&mut self, mut other: FlatGrads<B>) {
         if self.is_empty() {
             *self = other;
             return;
+        }
+        let ids = |g: &FlatGrads<B>| -> Vec<ParamId> {
+            let mut ids: Vec<_> = g.loose.keys().copied().collect();
+            ids.extend(
+                g.packed
+                    .iter()
+                    .flat_map(|b| b.slots.iter().map(|(id, _)| *id)),
+            );
+            ids.sort();
+            ids
+        };
+        if ids(self) == ids(&other) {
+            self.pack();
+            other.pack();
         }
         let same_buckets = self.loose.is_empty()
             && other.loose.is_empty()
@@ -239,7 +256,7 @@ impl<B: Backend> FlatGrads<B> {
         other.unpack();
         for (id, g) in other.loose {
             let sum = match self.loose.remove(&id) {
-                Some(acc) => acc + g,
+                Some(acc) => in_dtype(acc, DType::F32) + in_dtype(g, DType::F32),
                 None => g,
             };
             self.loose.insert(id, sum);
@@ -255,7 +272,9 @@ impl<B: Backend> FlatGrads<B> {
         }
     }
 
-    /// The gradients in buckets ([`plan_buckets`], in parameter id order).
+    /// The gradients in buckets ([`plan_buckets`], in parameter id order), each in f32 (a
+    /// bucket of half-precision gradients is cast once): the norm, the clipping and AdamW then
+    /// compute in f32 whatever the parameters' dtype.
     fn pack(&mut self) {
         if self.loose.is_empty() {
             return;
@@ -277,7 +296,7 @@ impl<B: Backend> FlatGrads<B> {
             }
             self.packed.push(GradBucket {
                 slots,
-                flat: pack(parts),
+                flat: in_dtype(pack(parts), DType::F32),
             });
         }
     }
@@ -333,21 +352,34 @@ impl Default for AdamWConfig {
 }
 
 /// The AdamW state of parameters updated together: their paths and lengths in order, the step
-/// count they share, and their moments end to end.
+/// count they share, their moments end to end, and, where the module holds them in half
+/// precision, their f32 values end to end.
 #[derive(Debug, Clone)]
 struct Moments<B: Backend> {
     step: u64,
     slots: Vec<(String, usize)>,
     exp_avg: Tensor<B, 1>,
     exp_avg_sq: Tensor<B, 1>,
+    master: Option<Master<B>>,
+}
+
+/// The f32 values of parameters that the module holds rounded to half precision, and the ids
+/// of the parameters they were given to (in slot order): a module whose parameter at a path
+/// has another id (loaded afresh) is not the one these values belong to.
+#[derive(Debug, Clone)]
+struct Master<B: Backend> {
+    ids: Vec<ParamId>,
+    value: Tensor<B, 1>,
 }
 
 /// `torch.optim.AdamW` (no amsgrad), with its state by parameter path, updating the parameters
-/// in buckets (see [`BUCKET_ELEMENTS`]).
+/// in buckets (see [`BUCKET_ELEMENTS`]), in f32.
 #[derive(Debug, Clone)]
 pub struct AdamW<B: Backend> {
     pub config: AdamWConfig,
     state: Vec<Moments<B>>,
+    /// See [`AdamW::keep_masters`].
+    working: Option<DType>,
 }
 
 /// A module's float parameters by id: path, flattened value and shape.
@@ -401,7 +433,84 @@ impl<B: Backend> AdamW<B> {
         Self {
             config,
             state: Vec::new(),
+            working: None,
         }
+    }
+
+    /// Mixed precision's master weights: the parameters this optimizer updates are handed back
+    /// to the module in `dtype` (the frozen base's half type, which a LoRA adapter's products
+    /// compute in), and their f32 values stay here, bucket by bucket, for the next update. The
+    /// forward then reads the adapters without casting them and their gradients come back
+    /// without a cast: for SD 1.5's attention LoRA 256 casts each way per step, replaced by one
+    /// cast of the updated bucket and one of the gradients' bucket. The numbers are those of f32
+    /// adapters cast in the forward, to the bit (the same rounding, in another place).
+    /// [`AdamW::masters_into`] gives the module its f32 values back, for saving. `None` or f32:
+    /// the module keeps each parameter's dtype (a half-precision parameter still has an f32
+    /// master).
+    pub fn keep_masters(mut self, dtype: Option<DType>) -> Self {
+        self.working = dtype.filter(|d| *d != DType::F32);
+        self
+    }
+
+    /// `module` with the parameters this optimizer holds f32 values of set to those: what a
+    /// checkpoint or an export should read (the module's own are rounded to half precision
+    /// under [`AdamW::keep_masters`]). Other parameters are left as they are.
+    pub fn masters_into<AB, M>(&self, module: M) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: Module<AB>,
+    {
+        let mut values = HashMap::new();
+        for m in &self.state {
+            if let Some(master) = &m.master {
+                let parts = unpack(&master.value, &slot_lens(&m.slots));
+                values.extend(master.ids.iter().copied().zip(parts));
+            }
+        }
+        if values.is_empty() {
+            return module;
+        }
+        module.map(&mut ParamSetter::<AB> {
+            values: &mut values,
+        })
+    }
+
+    /// The f32 values of the parameters `ids` at `slots` (in order), from where this optimizer
+    /// keeps them: the whole master of a bucket of exactly these, else piece by piece, each
+    /// from its master where that belongs to the same parameter, else from `module_values` (the
+    /// module's own, cast).
+    fn param_values(
+        &self,
+        slots: &[(String, usize)],
+        ids: &[ParamId],
+        module_values: Vec<Tensor<B, 1>>,
+        index: &HashMap<String, (usize, usize, usize)>,
+    ) -> Tensor<B, 1> {
+        if let Some(master) = self
+            .state
+            .iter()
+            .find(|m| m.slots == slots)
+            .and_then(|m| m.master.as_ref())
+            .filter(|master| master.ids == ids)
+        {
+            return master.value.clone();
+        }
+        let parts = slots
+            .iter()
+            .zip(ids)
+            .zip(module_values)
+            .map(|(((key, len), id), value)| {
+                let from_master = index.get(key).and_then(|&(k, offset, n)| {
+                    let m = &self.state[k];
+                    let master = m.master.as_ref()?;
+                    let at = m.slots.iter().position(|(p, _)| p == key)?;
+                    (n == *len && master.ids[at] == *id)
+                        .then(|| master.value.clone().slice(offset..offset + n))
+                });
+                from_master.unwrap_or_else(|| in_dtype(value, DType::F32))
+            })
+            .collect();
+        pack(parts)
     }
 
     /// Applies one update with learning rate `lr` to every parameter of `module` that has a
@@ -482,19 +591,34 @@ impl<B: Backend> AdamW<B> {
                     .iter()
                     .map(|&i| (params[&bucket.slots[i].0].0.clone(), lens[i]))
                     .collect();
-                let param = pack(
-                    ids.iter()
-                        .map(|id| params.remove(id).expect("collected").1)
-                        .collect(),
-                );
+                let values: Vec<_> = ids
+                    .iter()
+                    .map(|id| params.remove(id).expect("collected").1)
+                    .collect();
+                // The module's dtype for these (a bucket's gradients, and so its parameters,
+                // share one), unless the module is to hold them in the working dtype.
+                let dtype = self.working.unwrap_or(values[0].dtype());
+                let param = self.param_values(&slots, &ids, values, &index);
                 let prior = (step > 0).then(|| self.gather(&slots, &index));
                 let (param, exp_avg, exp_avg_sq) = self.update(param, grad, prior, step + 1, lr);
-                updated.extend(ids.into_iter().zip(unpack(&param, &slot_lens(&slots))));
+                let lens = slot_lens(&slots);
+                let (given, master) = if dtype == DType::F32 {
+                    (unpack(&param, &lens), None)
+                } else {
+                    let given = unpack(&in_dtype(param.clone(), dtype), &lens);
+                    let master = Master {
+                        ids: ids.clone(),
+                        value: param,
+                    };
+                    (given, Some(master))
+                };
+                updated.extend(ids.into_iter().zip(given));
                 fresh.push(Moments {
                     step: step + 1,
                     slots,
                     exp_avg,
                     exp_avg_sq,
+                    master,
                 });
             }
         }
@@ -513,13 +637,28 @@ impl<B: Backend> AdamW<B> {
             let lens = slot_lens(&m.slots);
             let avg = unpack(&m.exp_avg, &lens);
             let avg_sq = unpack(&m.exp_avg_sq, &lens);
-            for ((slot, a), s) in m.slots.iter().zip(avg).zip(avg_sq) {
+            let masters: Vec<Option<Master<B>>> = match &m.master {
+                Some(master) => master
+                    .ids
+                    .iter()
+                    .zip(unpack(&master.value, &lens))
+                    .map(|(id, value)| {
+                        Some(Master {
+                            ids: vec![*id],
+                            value,
+                        })
+                    })
+                    .collect(),
+                None => vec![None; lens.len()],
+            };
+            for (((slot, a), s), master) in m.slots.iter().zip(avg).zip(avg_sq).zip(masters) {
                 if !done.contains(slot.0.as_str()) {
                     kept.push(Moments {
                         step: m.step,
                         slots: vec![slot.clone()],
                         exp_avg: a,
                         exp_avg_sq: s,
+                        master,
                     });
                 }
             }
@@ -604,7 +743,9 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// The state as tensors `exp_avg.<path>` and `exp_avg_sq.<path>` plus the per-parameter
-    /// step counts (metadata `steps`, JSON).
+    /// step counts (metadata `steps`, JSON). Not the masters: a checkpoint's weights are those
+    /// values ([`AdamW::masters_into`]), and a restored optimizer takes them from the network
+    /// it is next given.
     pub fn to_tensors(&self) -> Result<TensorFile> {
         let mut file = TensorFile::default();
         let mut steps = BTreeMap::new();
@@ -672,6 +813,7 @@ impl<B: Backend> AdamW<B> {
                 slots: vec![(key, len)],
                 exp_avg,
                 exp_avg_sq,
+                master: None,
             });
         }
         Ok(())

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use likeness_models::device::CpuBackend as B;
+use likeness_models::device::{CpuBackend as B, Precision};
 use likeness_models::lora::LoraTargets;
 use likeness_models::pipeline::{GenerateParams, SeededNoise, to_rgb8};
 use likeness_models::sd::{LoadOptions, StableDiffusion};
@@ -298,9 +298,10 @@ fn full_fine_tune_lowers_the_loss_and_saves_diffusers_keys() {
 
 /// 4 steps straight vs 2 steps, a stop (the cancel flag, as Ctrl-C), a simulated kill -9 of a
 /// third checkpoint, and a resume: the loss curves must be equal.
-fn resume_matches_uninterrupted(tag: &str, mode: TrainMode) {
+fn resume_matches_uninterrupted(tag: &str, mode: TrainMode, precision: Precision) {
     let images = photos(&format!("{tag}-photos"));
     let mut c = config("pipeline_sd1_eps", &images);
+    c.mixed_precision = precision;
     c.steps = 4;
     c.lr = 1e-3;
     c.mode = mode;
@@ -387,12 +388,22 @@ fn resume_matches_uninterrupted(tag: &str, mode: TrainMode) {
 
 #[test]
 fn lora_resume_matches_uninterrupted_run() {
-    resume_matches_uninterrupted("resume-lora", lora(2, LoraTargets::unet_extended(), true));
+    let mode = lora(2, LoraTargets::unet_extended(), true);
+    resume_matches_uninterrupted("resume-lora", mode, Precision::F32);
+}
+
+/// Under mixed precision the networks hold the adapters in bf16 between steps and the optimizer
+/// their f32 values: a checkpoint must hold those (a resume from the bf16 copies would differ).
+#[test]
+fn lora_resume_in_mixed_precision_matches_uninterrupted_run() {
+    let mode = lora(2, LoraTargets::unet_extended(), true);
+    resume_matches_uninterrupted("resume-lora-bf16", mode, Precision::Bf16);
 }
 
 #[test]
 fn full_resume_matches_uninterrupted_run() {
-    resume_matches_uninterrupted("resume-full", TrainMode::Full { text_encoder: true });
+    let mode = TrainMode::Full { text_encoder: true };
+    resume_matches_uninterrupted("resume-full", mode, Precision::F32);
 }
 
 /// The UNet's layers recomputed in backward train the same: LoRA with prior preservation and a
@@ -440,7 +451,7 @@ fn mixed_precision_trains_f32_adapters_on_a_bf16_base() {
     c.steps = 3;
     c.lr = 1e-3;
     let full = run(new_job(c.clone(), &tmp("mixed-f32"))).0.unwrap().losses;
-    c.mixed_precision = likeness_models::device::Precision::Bf16;
+    c.mixed_precision = Precision::Bf16;
     c.checkpoint_every = 3;
     let out = tmp("mixed-bf16");
     let half = run(new_job(c, &out)).0.unwrap().losses;

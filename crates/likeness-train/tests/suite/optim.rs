@@ -252,3 +252,159 @@ fn bucketed_adamw_matches_one_parameter_at_a_time() {
     assert!(steps.values().all(|s| *s == 4 || *s == 5), "{steps:?}");
     assert!(behind.len() == 1 && behind[0].0.ends_with('1'), "{steps:?}");
 }
+
+/// Two f16 linears with f32 LoRA adapters (mixed precision's layout).
+#[derive(Module, Debug)]
+struct HalfNet<B: Backend> {
+    a: likeness_models::nn::Linear<B>,
+    b: likeness_models::nn::Linear<B>,
+}
+
+/// Adapter values (down, up of `a`, then of `b`) in f32, on f16 base weights; new parameter
+/// ids at every call (a network loaded anew).
+fn half_net(adapters: &[Vec<f32>; 4]) -> HalfNet<A> {
+    use burn::tensor::DType;
+    use likeness_models::nn::{Linear, LoraAdapter};
+    let d = Default::default();
+    let tensor = |v: &[f32], dims: [usize; 2]| {
+        Tensor::<A, 2>::from_data(TensorData::new(v.to_vec(), dims), &d)
+    };
+    let base = |o: usize, i: usize, seed: f32| {
+        let v: Vec<f32> = (0..o * i)
+            .map(|k| ((k as f32 * 0.37 + seed).sin()) * 0.8)
+            .collect();
+        Param::from_tensor(tensor(&v, [o, i]).cast(DType::F16)).set_require_grad(false)
+    };
+    let adapter = |down: &[f32], up: &[f32], o: usize, i: usize| LoraAdapter {
+        down: Param::from_tensor(tensor(down, [2, i])),
+        up: Param::from_tensor(tensor(up, [o, 2])),
+        alpha: 3.0,
+    };
+    HalfNet {
+        a: Linear {
+            weight: base(4, 3, 0.1),
+            bias: None,
+            lora: Some(adapter(&adapters[0], &adapters[1], 4, 3)),
+        },
+        b: Linear {
+            weight: base(2, 4, 0.7),
+            bias: None,
+            lora: Some(adapter(&adapters[2], &adapters[3], 2, 4)),
+        },
+    }
+}
+
+/// The adapters' values (f32) and dtypes, in [`half_net`]'s order.
+fn adapter_values(net: &HalfNet<A>) -> ([Vec<f32>; 4], Vec<burn::tensor::DType>) {
+    let (a, b) = (net.a.lora.as_ref().unwrap(), net.b.lora.as_ref().unwrap());
+    let all = [&a.down, &a.up, &b.down, &b.up];
+    let dtypes = all.iter().map(|p| p.val().dtype()).collect();
+    let v = |p: &Param<Tensor<A, 2>>| {
+        p.val()
+            .inner()
+            .cast(burn::tensor::DType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    ([v(all[0]), v(all[1]), v(all[2]), v(all[3])], dtypes)
+}
+
+/// One step's gradients: two micro-batches accumulated; at step 2 only `a` is in the loss, so
+/// `b`'s adapters get no gradient (their state splits, and the next step regroups by step count).
+fn half_net_grads(net: &HalfNet<A>, step: usize) -> FlatGrads<CpuBackend> {
+    let d = Default::default();
+    let mut grads = FlatGrads::default();
+    for micro in 0..2 {
+        let x: Vec<f32> = (0..15)
+            .map(|k| ((k + 7 * micro + step) as f32 * 0.61).cos())
+            .collect();
+        let x = Tensor::<A, 2>::from_data(TensorData::new(x, [5, 3]), &d);
+        let h = net.a.forward(x);
+        let y = if step == 2 { h } else { net.b.forward(h) };
+        let loss = y.cast(burn::tensor::DType::F32).powi_scalar(2).sum() * 0.5;
+        grads.accumulate(FlatGrads::from_loss(loss, net));
+    }
+    grads
+}
+
+/// Master weights (`keep_masters`): the network holds its adapters in f16 between steps, the
+/// optimizer their f32 values; every update equals the one of f32 adapters cast in the forward,
+/// to the bit — with accumulation, clipping, a parameter that skips a step, and a resume from
+/// the saved state and the f32 values `masters_into` gives.
+#[test]
+fn master_weights_train_half_adapters_exactly_as_f32_ones_cast_in_the_forward() {
+    use burn::tensor::DType;
+    let start: [Vec<f32>; 4] = [
+        (0..6).map(|k| (k as f32 * 0.3).sin() * 0.5).collect(),
+        (0..8).map(|k| (k as f32 * 0.7).cos() * 0.2).collect(),
+        (0..8).map(|k| (k as f32 * 0.9).sin() * 0.4).collect(),
+        (0..4).map(|k| (k as f32 * 1.3).cos() * 0.3).collect(),
+    ];
+    let steps = 6;
+    // Both runs on the same parameters (ids): the buckets follow the ids' order, and so does
+    // the norm's sum.
+    let net0 = half_net(&start);
+    // Reference: f32 adapters in the network.
+    let mut reference = net0.clone();
+    let mut optim = AdamW::<CpuBackend>::new(AdamWConfig::default());
+    let mut expected = Vec::new();
+    for step in 0..steps {
+        let mut grads = half_net_grads(&reference, step);
+        let norm = grads.clip_global_norm(0.5);
+        reference = optim.step::<A, _>(0.05, reference, grads);
+        let (values, dtypes) = adapter_values(&reference);
+        assert!(dtypes.iter().all(|d| *d == DType::F32));
+        expected.push((norm, values));
+    }
+    assert!(
+        expected[0].1 != expected[steps - 1].1,
+        "the adapters trained"
+    );
+
+    let mut net = net0;
+    let mut optim = AdamW::<CpuBackend>::new(AdamWConfig::default()).keep_masters(Some(DType::F16));
+    for (step, (norm, values)) in expected.iter().enumerate() {
+        if step == 4 {
+            // Saved and resumed: the state file into a fresh optimizer, which takes the f32
+            // values from the network (as a checkpoint's, written through `masters_into`).
+            let file = optim.to_tensors().unwrap();
+            net = optim.masters_into::<A, _>(net);
+            optim = AdamW::<CpuBackend>::new(AdamWConfig::default()).keep_masters(Some(DType::F16));
+            optim
+                .load_tensors(&file, std::path::Path::new("mem"), &Default::default())
+                .unwrap();
+        }
+        let mut grads = half_net_grads(&net, step);
+        assert_eq!(
+            grads.clip_global_norm(0.5).to_bits(),
+            norm.to_bits(),
+            "step {step}: norm"
+        );
+        net = optim.step::<A, _>(0.05, net, grads);
+        let (held, dtypes) = adapter_values(&net);
+        assert!(
+            dtypes.iter().all(|d| *d == DType::F16),
+            "step {step}: {dtypes:?}"
+        );
+        let (masters, dtypes) = adapter_values(&optim.masters_into::<A, _>(net.clone()));
+        assert!(
+            dtypes.iter().all(|d| *d == DType::F32),
+            "step {step}: {dtypes:?}"
+        );
+        assert_eq!(&masters, values, "step {step}: the f32 values");
+        for (h, m) in held.iter().zip(&masters) {
+            // The device's own rounding, as the cast in the forward would do it.
+            let rounded = Tensor::<CpuBackend, 1>::from_floats(m.as_slice(), &Default::default())
+                .cast(DType::F16)
+                .cast(DType::F32)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            assert_eq!(h, &rounded, "step {step}: the network's f16 copy");
+        }
+    }
+    // The masters are of this network's parameters: one loaded anew keeps its own values.
+    let (other, _) = adapter_values(&optim.masters_into::<A, _>(half_net(&start)));
+    assert_eq!(other, start);
+}
