@@ -966,8 +966,8 @@ where
     let latents =
         Tensor::<AB, 4>::from_data(TensorData::new(randn(&mut rng, numel), dims), &ad_device);
     // As the trainer does: the adapters kept in the base's dtype between steps.
-    let base = Some(model.unet.conv_in.weight.dtype());
-    let mut optim = AdamW::<B>::new(AdamWConfig::default()).keep_masters(base);
+    let mut optim =
+        AdamW::<B>::new(AdamWConfig::default()).keep_masters(model.unet.compute_dtype());
     let mut times = Vec::new();
     let mut rows = Vec::new();
     // With `--profile`, one more step after the timed ones, its phases and Likeness' layers
@@ -1249,8 +1249,8 @@ fn dpo_step<B: Backend>(
     let ctx = Tensor::<B, 3>::random([1, 77, 768], normal, device);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let batch = DpoBatch::draw(winners, losers, ctx, &schedule, &mut rng);
-    let base = Some(model.unet.conv_in.weight.dtype());
-    let mut optim = AdamW::<B>::new(AdamWConfig::default()).keep_masters(base);
+    let mut optim =
+        AdamW::<B>::new(AdamWConfig::default()).keep_masters(model.unet.compute_dtype());
     let mut times = Vec::new();
     for i in 0..=a.iters {
         let began = Instant::now();

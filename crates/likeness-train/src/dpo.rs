@@ -28,7 +28,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use likeness_models::device::{BackendTask, Placement, Precision};
@@ -889,10 +888,6 @@ impl Trainable for StageLora {
             .insert("format".into(), "likeness-checkpoint-lora".into());
         lora_to_tensors(&set).write(&dir.join(ADAPTERS_FILE))
     }
-
-    fn working_dtype<AB: AutodiffBackend>(&self, nets: &DiffusionNets<AB>) -> Option<DType> {
-        crate::trainable::base_dtype(nets)
-    }
 }
 
 /// One stage's settings and folder.
@@ -1061,7 +1056,7 @@ impl StageContext<'_> {
             text_encoder: model.text_encoder.clone(),
         });
         let mut nets = trainable.prepare(nets, resume.as_ref().map(|(_, d)| d.as_path()))?;
-        let mut optim = AdamW::<B>::new(c.adam).keep_masters(trainable.working_dtype(&nets));
+        let mut optim = AdamW::<B>::new(c.adam).keep_masters(nets.unet.compute_dtype());
         let rng = TrainRng::new(c.seed.wrapping_add(self.stage as u64));
         let mut step = 0;
         let mut last_checkpoint: Option<(usize, PathBuf)> = None;

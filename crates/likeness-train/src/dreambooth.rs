@@ -495,7 +495,9 @@ where
         trained.len(),
         trained.iter().map(|(_, n)| n).sum::<usize>()
     );
-    let mut optim = AdamW::<B>::new(config.adam).keep_masters(trainable.working_dtype(&nets));
+    // The UNet's dtype: under LoRA the frozen base's (half under mixed precision), which the
+    // adapters then stay in between steps; a full fine-tune trains it in f32.
+    let mut optim = AdamW::<B>::new(config.adam).keep_masters(nets.unet.compute_dtype());
     let rng = TrainRng::new(config.seed);
     let mut step = 0;
     let mut last_checkpoint: Option<(usize, PathBuf)> = None;

@@ -87,6 +87,15 @@ fn unpack<B: Backend>(flat: &Tensor<B, 1>, lens: &[usize]) -> Vec<Tensor<B, 1>> 
         .collect()
 }
 
+/// `len` elements of `flat` from `offset` (all of it as it is where that is all).
+fn piece<B: Backend>(flat: &Tensor<B, 1>, offset: usize, len: usize) -> Tensor<B, 1> {
+    if offset == 0 && len == flat.shape().num_elements() {
+        flat.clone()
+    } else {
+        flat.clone().slice(offset..offset + len)
+    }
+}
+
 /// The lengths of `slots` (a bucket's parts, in order).
 fn slot_lens<K>(slots: &[(K, usize)]) -> Vec<usize> {
     slots.iter().map(|(_, n)| *n).collect()
@@ -212,7 +221,7 @@ impl<B: Backend> FlatGrads<B> {
         self.packed.iter().find_map(|b| {
             let at = b.slots.iter().position(|(i, _)| i == id)?;
             let offset: usize = b.slots[..at].iter().map(|(_, n)| n).sum();
-            Some(b.flat.clone().slice(offset..offset + b.slots[at].1))
+            Some(piece(&b.flat, offset, b.slots[at].1))
         })
     }
 
@@ -444,11 +453,11 @@ impl<B: Backend> AdamW<B> {
     /// without a cast: for SD 1.5's attention LoRA 256 casts each way per step, replaced by one
     /// cast of the updated bucket and one of the gradients' bucket. The numbers are those of f32
     /// adapters cast in the forward, to the bit (the same rounding, in another place).
-    /// [`AdamW::masters_into`] gives the module its f32 values back, for saving. `None` or f32:
-    /// the module keeps each parameter's dtype (a half-precision parameter still has an f32
-    /// master).
-    pub fn keep_masters(mut self, dtype: Option<DType>) -> Self {
-        self.working = dtype.filter(|d| *d != DType::F32);
+    /// [`AdamW::masters_into`] gives the module its f32 values back, for saving. F32 (or no
+    /// call): the module keeps each parameter's dtype (a half-precision parameter still has an
+    /// f32 master).
+    pub fn keep_masters(mut self, dtype: DType) -> Self {
+        self.working = (dtype != DType::F32).then_some(dtype);
         self
     }
 
@@ -504,8 +513,7 @@ impl<B: Backend> AdamW<B> {
                     let m = &self.state[k];
                     let master = m.master.as_ref()?;
                     let at = m.slots.iter().position(|(p, _)| p == key)?;
-                    (n == *len && master.ids[at] == *id)
-                        .then(|| master.value.clone().slice(offset..offset + n))
+                    (n == *len && master.ids[at] == *id).then(|| piece(&master.value, offset, n))
                 });
                 from_master.unwrap_or_else(|| in_dtype(value, DType::F32))
             })
@@ -601,11 +609,11 @@ impl<B: Backend> AdamW<B> {
                 let param = self.param_values(&slots, &ids, values, &index);
                 let prior = (step > 0).then(|| self.gather(&slots, &index));
                 let (param, exp_avg, exp_avg_sq) = self.update(param, grad, prior, step + 1, lr);
-                let lens = slot_lens(&slots);
+                let member_lens = slot_lens(&slots);
                 let (given, master) = if dtype == DType::F32 {
-                    (unpack(&param, &lens), None)
+                    (unpack(&param, &member_lens), None)
                 } else {
-                    let given = unpack(&in_dtype(param.clone(), dtype), &lens);
+                    let given = unpack(&in_dtype(param.clone(), dtype), &member_lens);
                     let master = Master {
                         ids: ids.clone(),
                         value: param,
@@ -681,20 +689,12 @@ impl<B: Backend> AdamW<B> {
         if let Some(m) = self.state.iter().find(|m| m.slots == slots) {
             return (m.exp_avg.clone(), m.exp_avg_sq.clone());
         }
-        let piece = |t: &Tensor<B, 1>, offset: usize, len: usize, whole: usize| {
-            if len == whole {
-                t.clone()
-            } else {
-                t.clone().slice(offset..offset + len)
-            }
-        };
         let (mut avg, mut avg_sq) = (Vec::new(), Vec::new());
         for (key, _) in slots {
             let (k, offset, len) = index[key];
             let m = &self.state[k];
-            let whole = m.exp_avg.shape().num_elements();
-            avg.push(piece(&m.exp_avg, offset, len, whole));
-            avg_sq.push(piece(&m.exp_avg_sq, offset, len, whole));
+            avg.push(piece(&m.exp_avg, offset, len));
+            avg_sq.push(piece(&m.exp_avg_sq, offset, len));
         }
         (pack(avg), pack(avg_sq))
     }

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use likeness_models::clip_text::ClipTextModel;
 use likeness_models::lora::{self, LoraSet, LoraShape, LoraTargets};
@@ -70,19 +69,6 @@ pub trait Trainable {
 
     /// Writes the trained weights into the checkpoint folder `dir`.
     fn save<B: AutodiffBackend>(&self, nets: &DiffusionNets<B>, dir: &Path) -> Result<()>;
-
-    /// The dtype the networks hold the trained weights in between steps, their f32 values kept
-    /// by the optimizer (`AdamW::keep_masters`): a LoRA's adapters in the frozen base's dtype,
-    /// which their products compute in. `None`: each weight in its own (a full fine-tune's).
-    fn working_dtype<B: AutodiffBackend>(&self, nets: &DiffusionNets<B>) -> Option<DType> {
-        let _ = nets;
-        None
-    }
-}
-
-/// The dtype of the frozen UNet's weights (a LoRA's [`Trainable::working_dtype`]).
-pub fn base_dtype<B: AutodiffBackend>(nets: &DiffusionNets<B>) -> Option<DType> {
-    Some(nets.unet.conv_in.weight.dtype())
 }
 
 /// LoRA training: fresh adapters (down kaiming-uniform, up zeros) on the targeted layers.
@@ -149,10 +135,6 @@ impl Trainable for LoraTraining {
         set.metadata
             .insert("format".into(), "likeness-checkpoint-lora".into());
         lora_to_tensors(&set).write(&dir.join(ADAPTERS_FILE))
-    }
-
-    fn working_dtype<B: AutodiffBackend>(&self, nets: &DiffusionNets<B>) -> Option<DType> {
-        base_dtype(nets)
     }
 }
 

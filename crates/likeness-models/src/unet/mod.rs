@@ -223,10 +223,16 @@ impl<B: Backend> UNet2DConditionModel<B> {
         )
     }
 
+    /// The dtype its layers compute in: its weights' (a frozen base's half type under mixed
+    /// precision; the norms' scales stay f32).
+    pub fn compute_dtype(&self) -> burn::tensor::DType {
+        self.conv_in.weight.val().dtype()
+    }
+
     /// The text context in the weights' dtype, cast once for every cross-attention's keys and
     /// values (each projection would otherwise cast it again: two casts per transformer).
     pub(crate) fn context_in_compute_dtype(&self, context: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::nn::in_dtype(context, self.conv_in.weight.val().dtype())
+        crate::nn::in_dtype(context, self.compute_dtype())
     }
 
     /// SiLU of the time embedding of `timesteps` (`[N]`, or `[1]` broadcast over `batch` as

@@ -363,14 +363,14 @@ fn master_weights_train_half_adapters_exactly_as_f32_ones_cast_in_the_forward() 
     );
 
     let mut net = net0;
-    let mut optim = AdamW::<CpuBackend>::new(AdamWConfig::default()).keep_masters(Some(DType::F16));
+    let mut optim = AdamW::<CpuBackend>::new(AdamWConfig::default()).keep_masters(DType::F16);
     for (step, (norm, values)) in expected.iter().enumerate() {
         if step == 4 {
             // Saved and resumed: the state file into a fresh optimizer, which takes the f32
             // values from the network (as a checkpoint's, written through `masters_into`).
             let file = optim.to_tensors().unwrap();
             net = optim.masters_into::<A, _>(net);
-            optim = AdamW::<CpuBackend>::new(AdamWConfig::default()).keep_masters(Some(DType::F16));
+            optim = AdamW::<CpuBackend>::new(AdamWConfig::default()).keep_masters(DType::F16);
             optim
                 .load_tensors(&file, std::path::Path::new("mem"), &Default::default())
                 .unwrap();
