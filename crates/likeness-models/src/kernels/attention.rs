@@ -412,7 +412,10 @@ fn inner_forward<I: Backend>(
 
 /// Gradients of `out = softmax(q·kᵀ/√d [causal])·v` with respect to q, k and v, given `out` and
 /// its gradient; scores are recomputed in blocks of query rows of at most `block_elements`
-/// elements each. Softmax and the row sums run in f32; each gradient has its input's dtype.
+/// elements each. The products run in v's dtype, softmax and the row sums in f32 (on the CubeCL
+/// backends one launch per block, [`score_grads`]); each gradient has its input's dtype. One
+/// block (the usual case) writes its gradients directly; several accumulate `dK` and `dV` in
+/// f32.
 pub fn backward<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -424,52 +427,129 @@ pub fn backward<B: Backend>(
 ) -> [Tensor<B, 4>; 3] {
     let [b, h, n_q, d] = q.dims();
     let n_k = k.dims()[2];
-    let device = q.device();
-    let scale = 1.0 / (d as f64).sqrt();
     let (q_dtype, k_dtype, v_dtype) = (q.dtype(), k.dtype(), v.dtype());
     let work = v_dtype;
-    let f32_of = |t: Tensor<B, 4>| t.to_dtype(DType::F32);
-    // D = rowsum(dO ∘ O): the softmax backward's subtrahend, [b, h, n_q, 1].
-    let delta = (f32_of(grad.clone()) * f32_of(out)).sum_dim(3);
     let kt = k.clone().to_dtype(work).swap_dims(2, 3);
     let vt = v.clone().to_dtype(work).swap_dims(2, 3);
     let k_w = k.to_dtype(work);
     let rows = (block_elements / (b * h * n_k).max(1)).clamp(1, n_q.max(1));
+    let block = |start: usize, end: usize| {
+        let rows = |t: &Tensor<B, 4>| t.clone().slice([0..b, 0..h, start..end, 0..d]);
+        let q_blk = rows(&q).to_dtype(work);
+        let do_blk = rows(&grad).to_dtype(work);
+        let scores = q_blk.clone().matmul(kt.clone());
+        let dp = do_blk.clone().matmul(vt.clone());
+        let at = Block {
+            start,
+            end,
+            n_q,
+            causal,
+        };
+        let (p, ds) = score_grads(scores, dp, rows(&out), rows(&grad), at);
+        let dv = p.swap_dims(2, 3).matmul(do_blk);
+        let dq = ds.clone().matmul(k_w.clone());
+        let dk = ds.swap_dims(2, 3).matmul(q_blk);
+        (dq, dk, dv)
+    };
+    if rows >= n_q {
+        let (dq, dk, dv) = block(0, n_q);
+        return [
+            dq.to_dtype(q_dtype),
+            dk.to_dtype(k_dtype),
+            dv.to_dtype(v_dtype),
+        ];
+    }
+    let f32_of = |t: Tensor<B, 4>| t.to_dtype(DType::F32);
     let mut dq_blocks = Vec::with_capacity(n_q.div_ceil(rows));
-    let mut dk = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).to_dtype(DType::F32);
-    let mut dv = Tensor::<B, 4>::zeros([b, h, n_k, d], &device).to_dtype(DType::F32);
+    let mut sums: Option<(Tensor<B, 4>, Tensor<B, 4>)> = None;
     let mut start = 0;
     while start < n_q {
         let end = (start + rows).min(n_q);
-        let q_blk = q
-            .clone()
-            .slice([0..b, 0..h, start..end, 0..d])
-            .to_dtype(work);
-        let do_blk = grad
-            .clone()
-            .slice([0..b, 0..h, start..end, 0..d])
-            .to_dtype(work);
-        let mut scores = f32_of(q_blk.clone().matmul(kt.clone())) * scale;
-        if causal {
-            let mask = causal_mask::<B>(start, end, n_q, n_k, &device);
-            scores = scores.mask_fill(mask.expand([b, h, end - start, n_k]), f32::NEG_INFINITY);
-        }
-        let p = burn::tensor::activation::softmax(scores, 3);
-        let p_w = p.clone().to_dtype(work);
-        dv = dv + f32_of(p_w.swap_dims(2, 3).matmul(do_blk.clone()));
-        let dp = f32_of(do_blk.matmul(vt.clone()));
-        let ds = p * (dp - delta.clone().slice([0..b, 0..h, start..end, 0..1]));
-        let ds_w = ds.to_dtype(work);
-        dq_blocks.push(f32_of(ds_w.clone().matmul(k_w.clone())) * scale);
-        dk = dk + f32_of(ds_w.swap_dims(2, 3).matmul(q_blk)) * scale;
+        let (dq, dk, dv) = block(start, end);
+        dq_blocks.push(dq);
+        let (dk, dv) = (f32_of(dk), f32_of(dv));
+        sums = Some(match sums {
+            Some((sk, sv)) => (sk + dk, sv + dv),
+            None => (dk, dv),
+        });
         start = end;
     }
-    let dq = Tensor::cat(dq_blocks, 2);
+    let (dk, dv) = sums.expect("n_q > rows ≥ 1: at least two blocks");
     [
-        dq.to_dtype(q_dtype),
+        Tensor::cat(dq_blocks, 2).to_dtype(q_dtype),
         dk.to_dtype(k_dtype),
         dv.to_dtype(v_dtype),
     ]
+}
+
+/// How many blocks of [`backward`] have had their softmax step done by the CubeCL kernel in this
+/// process (the rest by Burn's ops).
+pub fn score_rows_runs() -> u64 {
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    return super::cube::score_rows_runs();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+    0
+}
+
+/// Which query rows a block of the backward holds: `start..end` of `n_q`.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    start: usize,
+    end: usize,
+    n_q: usize,
+    causal: bool,
+}
+
+/// `(P, s·dS)` for a block's raw scores `q·kᵀ` and `dP = dO·vᵀ` (`[b, h, rows, n_k]`, in the
+/// products' dtype) and its rows of `out` and `dO`, in the products' dtype: `P` the softmax of
+/// `s·q·kᵀ` (`s = 1/√d`), `dS = P ∘ (dP − rowsum(dO ∘ O))`, both computed in f32 — by one
+/// CubeCL launch where it applies, else by Burn's ops. The scale is folded into `dS` before its
+/// rounding, so `dQ = (s·dS)·K` and `dK = (s·dS)ᵀ·Q` take no further pass.
+fn score_grads<B: Backend>(
+    scores: Tensor<B, 4>,
+    dp: Tensor<B, 4>,
+    out: Tensor<B, 4>,
+    grad: Tensor<B, 4>,
+    at: Block,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, h, rows, n_k] = scores.dims();
+    let d = out.dims()[3];
+    let scale = 1.0 / (d as f64).sqrt();
+    let work = scores.dtype();
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
+    {
+        let of = super::cube::Rows {
+            heads: b * h,
+            per_head: rows,
+            first: at.start,
+            n_q: at.n_q,
+            n_k,
+            d,
+            scale: scale as f32,
+            causal: at.causal,
+        };
+        let flat = |t: &Tensor<B, 4>| {
+            let [_, _, r, c] = t.dims();
+            t.clone().reshape([b * h, r, c])
+        };
+        if let Some((p, ds)) =
+            super::cube::score_rows(flat(&scores), flat(&dp), flat(&out), flat(&grad), of)
+        {
+            return (p.reshape([b, h, rows, n_k]), ds.reshape([b, h, rows, n_k]));
+        }
+    }
+    let f32_of = |t: Tensor<B, 4>| t.to_dtype(DType::F32);
+    // Δ = rowsum(dO ∘ O): the softmax backward's subtrahend, [b, h, rows, 1].
+    let delta = (f32_of(grad) * f32_of(out)).sum_dim(3);
+    let mut scores = f32_of(scores) * scale;
+    if at.causal {
+        let device = scores.device();
+        let mask = causal_mask::<B>(at.start, at.end, at.n_q, n_k, &device);
+        scores = scores.mask_fill(mask.expand([b, h, rows, n_k]), f32::NEG_INFINITY);
+    }
+    let p = burn::tensor::activation::softmax(scores, 3);
+    let ds = p.clone() * (f32_of(dp) - delta) * scale;
+    (p.to_dtype(work), ds.to_dtype(work))
 }
 
 /// `[1, 1, end - start, n_k]`, true where a query row may not see a key: column > row + n_k − n_q.

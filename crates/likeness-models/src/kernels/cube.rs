@@ -43,8 +43,10 @@ pub mod conv;
 pub mod flash;
 mod geglu;
 pub mod matmul;
+mod score_rows;
 
 pub(super) use geglu::{geglu_backward, geglu_forward};
+pub(super) use score_rows::{Rows, runs as score_rows_runs, score_rows};
 
 /// Per-process counts of which path ran, `N` paths (the conv tiers, the flash paths).
 struct Tally<const N: usize>([std::sync::atomic::AtomicU64; N]);
@@ -82,7 +84,7 @@ mod device {
 
     /// The sum of every unit's `value` over the cube (all units must call it: it synchronises).
     #[cube]
-    fn cube_sum(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
+    pub(super) fn cube_sum(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
         let unit = UNIT_POS as usize;
         shared[unit] = value;
         sync_cube();
@@ -99,6 +101,27 @@ mod device {
         // Nobody may overwrite `shared` for the next sum before every unit has read this one.
         sync_cube();
         total
+    }
+
+    /// The maximum of every unit's `value` over the cube (all units must call it: it
+    /// synchronises).
+    #[cube]
+    pub(super) fn cube_max(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
+        let unit = UNIT_POS as usize;
+        shared[unit] = value;
+        sync_cube();
+        let mut stride = CUBE_DIM / 2;
+        while stride > 0 {
+            if UNIT_POS < stride {
+                let other = shared[unit + stride as usize];
+                shared[unit] = max(shared[unit], other);
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        let top = shared[0];
+        sync_cube();
+        top
     }
 
     /// The channel of (sample, channel) row `nc` and the (sample, group) row of its group.
