@@ -85,6 +85,18 @@ mod device {
     /// The sum of every unit's `value` over the cube (all units must call it: it synchronises).
     #[cube]
     pub(super) fn cube_sum(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
+        cube_reduce(shared, value, false)
+    }
+
+    /// The maximum of every unit's `value` over the cube (as [`cube_sum`]).
+    #[cube]
+    pub(super) fn cube_max(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
+        cube_reduce(shared, value, true)
+    }
+
+    /// The tree reduction of [`cube_sum`] and [`cube_max`].
+    #[cube]
+    fn cube_reduce(shared: &mut SharedMemory<f32>, value: f32, #[comptime] max_of: bool) -> f32 {
         let unit = UNIT_POS as usize;
         shared[unit] = value;
         sync_cube();
@@ -92,36 +104,20 @@ mod device {
         while stride > 0 {
             if UNIT_POS < stride {
                 let other = shared[unit + stride as usize];
-                shared[unit] += other;
+                if max_of {
+                    shared[unit] = max(shared[unit], other);
+                } else {
+                    shared[unit] += other;
+                }
             }
             sync_cube();
             stride /= 2;
         }
         let total = shared[0];
-        // Nobody may overwrite `shared` for the next sum before every unit has read this one.
+        // Nobody may overwrite `shared` for the next reduction before every unit has read this
+        // one.
         sync_cube();
         total
-    }
-
-    /// The maximum of every unit's `value` over the cube (all units must call it: it
-    /// synchronises).
-    #[cube]
-    pub(super) fn cube_max(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
-        let unit = UNIT_POS as usize;
-        shared[unit] = value;
-        sync_cube();
-        let mut stride = CUBE_DIM / 2;
-        while stride > 0 {
-            if UNIT_POS < stride {
-                let other = shared[unit + stride as usize];
-                shared[unit] = max(shared[unit], other);
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        let top = shared[0];
-        sync_cube();
-        top
     }
 
     /// The channel of (sample, channel) row `nc` and the (sample, group) row of its group.
